@@ -65,7 +65,7 @@ impl ModelFiles {
                 m
             });
         }
-        if looks_like_hub_id(spec) {
+        if crate::runtime::hub::is_hub_id(spec) {
             return Self::from_hub(spec);
         }
         Err(AuditError::Model { spec: spec.to_string(), reason: "no such file or directory".into() })
@@ -78,33 +78,14 @@ impl ModelFiles {
         Ok(ModelFiles { spec: p.display().to_string(), kind, root: p.to_path_buf(), revision: None, adapter: None })
     }
 
-    /// `org/name` or `org/name@revision` from the cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
-    /// `~/.cache/huggingface/hub`). The revision (default `main`) is a ref name or a commit sha; the commit sha it
-    /// resolves to is recorded.
+    /// `org/name` or `org/name@revision` from the local cache, resolved by [`crate::runtime::hub`] (the same rules
+    /// the loader uses: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; a ref name or a full
+    /// commit sha; every file must resolve inside the repository's cache folder). The commit sha is recorded.
     pub fn from_hub(spec: &str) -> Result<Self, AuditError> {
-        let (id, rev) = spec.split_once('@').unwrap_or((spec, "main"));
-        let err = |reason: String| AuditError::Model { spec: spec.to_string(), reason };
-        let cache = hub_cache_dir().ok_or_else(|| err("no Hugging Face cache directory (set HF_HUB_CACHE or HF_HOME)".into()))?;
-        let repo = cache.join(format!("models--{}", id.replace('/', "--")));
-        if !repo.is_dir() {
-            return Err(err(format!(
-                "not in the local Hugging Face cache at {} (trapdoor does not download; fetch it first)",
-                cache.display()
-            )));
-        }
-        let sha = match std::fs::read_to_string(repo.join("refs").join(rev)) {
-            Ok(s) => s.trim().to_string(),
-            Err(_) if rev.len() >= 7 && rev.bytes().all(|b| b.is_ascii_hexdigit()) => rev.to_string(),
-            Err(_) => return Err(err(format!("revision `{rev}` is not in the cache ({} has no refs/{rev})", repo.display()))),
-        };
-        if sha.is_empty() || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err(format!("refs/{rev} does not hold a commit sha")));
-        }
-        let snap = repo.join("snapshots").join(&sha);
-        if !snap.is_dir() {
-            return Err(err(format!("snapshot {sha} is not in the cache")));
-        }
-        Ok(ModelFiles { spec: spec.to_string(), kind: ModelKind::Hub, root: snap, revision: Some(sha), adapter: None })
+        let snap = crate::runtime::hub::resolve(spec, &crate::runtime::hub::HubOptions::default())
+            .map_err(|e| AuditError::Model { spec: spec.to_string(), reason: e.to_string() })?;
+        snap.verify().map_err(|e| AuditError::Model { spec: spec.to_string(), reason: e.to_string() })?;
+        Ok(ModelFiles { spec: spec.to_string(), kind: ModelKind::Hub, root: snap.dir, revision: Some(snap.commit), adapter: None })
     }
 
     /// Add a PEFT adapter folder.
@@ -141,25 +122,6 @@ impl ModelFiles {
             _ => Some(&self.root),
         }
     }
-}
-
-fn looks_like_hub_id(s: &str) -> bool {
-    let id = s.split('@').next().unwrap_or(s);
-    let parts: Vec<&str> = id.split('/').collect();
-    parts.len() == 2
-        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        && !id.starts_with('.')
-}
-
-/// The hub cache directory, as huggingface_hub computes it.
-pub fn hub_cache_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
 }
 
 /// Recursive listing. `.git` and huggingface_hub's `.cache/huggingface` download metadata are not model files and are
@@ -203,9 +165,10 @@ mod tests {
 
     #[test]
     fn hub_ids_are_recognised() {
-        assert!(looks_like_hub_id("google/gemma-3-270m"));
-        assert!(looks_like_hub_id("org/name@v1.0"));
-        assert!(!looks_like_hub_id("./x/y") && !looks_like_hub_id("a/b/c") && !looks_like_hub_id("x"));
+        use crate::runtime::hub::is_hub_id;
+        assert!(is_hub_id("google/gemma-3-270m"));
+        assert!(is_hub_id("org/name@v1.0"));
+        assert!(!is_hub_id("./x/y") && !is_hub_id("a/b/c") && !is_hub_id("x") && !is_hub_id("org/m@../x"));
     }
 
     #[test]
@@ -239,7 +202,7 @@ mod tests {
         let m2 = ModelFiles::resolve(&format!("org/m@{sha}")).unwrap();
         assert_eq!(m2.root, m.root);
         let e = ModelFiles::resolve("org/absent").unwrap_err().to_string();
-        assert!(e.contains("org/absent") && e.contains("does not download"), "{e}");
+        assert!(e.contains("org/absent") && e.contains("offline by default"), "{e}");
         let e = ModelFiles::resolve("org/m@nope").unwrap_err().to_string();
         assert!(e.contains("refs/nope"), "{e}");
         std::env::remove_var("HF_HUB_CACHE");
