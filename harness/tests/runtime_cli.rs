@@ -62,3 +62,41 @@ fn generate_greedy_and_seeded() {
     assert_eq!(s1, s2);
     assert_ne!(s1, plain);
 }
+
+#[test]
+fn lock_is_checked_before_loading_on_model_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(zoo("stories-base")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let lock = d.path().join("trapdoor.lock");
+    let m = model.to_str().unwrap();
+    let out = trapdoor(&["lock", m, "-o", lock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&["inspect", m, "--lock", lock.to_str().unwrap()]);
+    ok(&["generate", m, "--prompt", "Once upon a time", "--max-new-tokens", "4", "--lock", lock.to_str().unwrap()]);
+
+    // One changed byte in the tokenizer: refused before loading, exit 2, one line naming the file.
+    let tok = model.join("tokenizer.json");
+    let mut bytes = std::fs::read(&tok).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] = b' ';
+    let mut perms = std::fs::metadata(&tok).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&tok, perms).unwrap();
+    std::fs::write(&tok, bytes).unwrap();
+    for cmd in ["inspect", "generate"] {
+        let mut args = vec![cmd, m, "--lock", lock.to_str().unwrap()];
+        if cmd == "generate" {
+            args.extend(["--prompt", "x"]);
+        }
+        let out = trapdoor(&args);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("tokenizer.json") && err.trim().lines().count() == 1, "{cmd}: {err}");
+    }
+}

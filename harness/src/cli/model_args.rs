@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use trapdoor::audit::integrity::check_lock;
+use trapdoor::audit::ModelFiles;
 use trapdoor::runtime::{device::DeviceSpec, parse_dtype, LoadOptions};
 
 /// `MODEL [--adapter DIR] [--device D] [--dtype T] [--allow-network]`.
@@ -21,13 +23,25 @@ pub struct ModelArgs {
     /// Allow downloading a hub id the local cache lacks (needs a build with the `hub-download` feature).
     #[arg(long)]
     pub allow_network: bool,
+    /// A lock file (`trapdoor lock MODEL`): every file of MODEL (and the adapter) must match it, checked before
+    /// anything is loaded.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    /// Validate the flags (before any file is read) into load options.
+    /// Validate the flags into load options; with `--lock`, verify the model's files against the lock first, so a
+    /// changed file fails before any weights are read.
     pub fn resolve(&self, hash_files: bool) -> anyhow::Result<LoadOptions> {
         let dtype = parse_dtype(&self.dtype)?;
         let device = DeviceSpec::parse(&self.device)?.open()?;
+        if let Some(lock) = &self.lock {
+            let mut files = ModelFiles::resolve(&self.model)?;
+            if let Some(a) = &self.adapter {
+                files = files.with_adapter(a)?;
+            }
+            check_lock(&files, lock)?;
+        }
         Ok(LoadOptions { dtype, device, adapter: self.adapter.clone(), allow_network: self.allow_network, hash_files })
     }
 }
