@@ -4,6 +4,7 @@
 //! is a module here plus a line in the table.
 
 pub mod csv;
+pub mod html;
 pub mod cyclonedx;
 pub(crate) mod interop;
 pub mod intoto;
@@ -23,6 +24,7 @@ pub const RENDERERS: &[(&str, Renderer)] = &[
     ("report.md", markdown::render_bytes),
     ("samples.csv", csv::render),
     ("junit.xml", junit::render),
+    ("report.html", html::render),
     ("report.sarif", sarif::render),
     ("attestation.intoto.json", intoto::render),
     ("bom.cdx.json", cyclonedx::render),
