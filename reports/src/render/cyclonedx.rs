@@ -89,7 +89,10 @@ fn model_component(bom_ref: &str, m: &ModelRef, role: &str) -> Value {
         c.insert("components".into(), Value::Array(file_components(bom_ref, &m.files)));
     }
     if let Some(a) = &m.architecture {
-        c.insert("modelCard".into(), json!({ "modelParameters": { "task": "text-generation", "architectureFamily": visible(a) } }));
+        c.insert(
+            "modelCard".into(),
+            json!({ "modelParameters": { "task": "text-generation", "architectureFamily": visible(a) } }),
+        );
     }
     Value::Object(c)
 }
@@ -138,14 +141,16 @@ fn performance_metrics(r: &RunRecord) -> Vec<Value> {
         .filter(|t| t.status != TestStatus::InsufficientSamples)
         .filter_map(|t| {
             let effect = t.effect?;
-            let slice = format!("{}/{}/{}", t.suite, t.probe, t.trigger.as_ref().map(|x| x.id.as_str()).unwrap_or("clean"));
+            let slice =
+                format!("{}/{}/{}", t.suite, t.probe, t.trigger.as_ref().map(|x| x.id.as_str()).unwrap_or("clean"));
             let mut m = json!({
                 "type": format!("{} ({}, {})", visible(&t.metric), design_name(t.design), t.status.as_str()),
                 "value": real_string(effect.0),
                 "slice": visible(&slice),
             });
             if let Some(ci) = &t.ci {
-                m["confidenceInterval"] = json!({ "lowerBound": real_string(ci.lo.0), "upperBound": real_string(ci.hi.0) });
+                m["confidenceInterval"] =
+                    json!({ "lowerBound": real_string(ci.lo.0), "upperBound": real_string(ci.hi.0) });
             }
             Some(m)
         })
@@ -210,7 +215,13 @@ fn declarations(r: &RunRecord) -> (Value, Value) {
         let evidence: Vec<String> = reason
             .evidence
             .iter()
-            .map(|e| format!("{}:{}", serde_json::to_value(e.kind).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default(), e.id))
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    serde_json::to_value(e.kind).ok().and_then(|k| k.as_str().map(str::to_string)).unwrap_or_default(),
+                    e.id
+                )
+            })
             .collect();
         claims.push(json!({
             "bom-ref": claim,

@@ -201,9 +201,9 @@ impl<'a> Page<'a> {
             }
             s
         };
-        let _ = write!(
+        let _ = writeln!(
             o,
-            "<header class=\"banner {}\" id=\"verdict\" data-decision=\"{}\"><h1>{}</h1><div class=\"sub\">Candidate {} vs baseline {} · policy <code>{}</code> v{} · seed {} · {}/{}</div></header>\n",
+            "<header class=\"banner {}\" id=\"verdict\" data-decision=\"{}\"><h1>{}</h1><div class=\"sub\">Candidate {} vs baseline {} · policy <code>{}</code> v{} · seed {} · {}/{}</div></header>",
             d.as_str(),
             d.as_str(),
             decision_label(d),
@@ -282,14 +282,21 @@ impl<'a> Page<'a> {
         }
         if let Some(ts) = &r.trigger_search {
             for x in ts.triggers.iter().take(3) {
-                triggers.push(format!("<code>{}</code> (recovered by the search, ASR {} vs {} on the baseline)", esc(&x.text), num(x.asr_candidate.0), num(x.asr_baseline.0)));
+                triggers.push(format!(
+                    "<code>{}</code> (recovered by the search, ASR {} vs {} on the baseline)",
+                    esc(&x.text),
+                    num(x.asr_candidate.0),
+                    num(x.asr_baseline.0)
+                ));
             }
         }
         if !triggers.is_empty() {
             rows.push(("Triggers", triggers.into_iter().take(6).collect::<Vec<_>>().join(", ")));
         }
         if let Some(c) = self.cases.first() {
-            let snippet = |m: Option<&ModelOutput>| m.map(|m| format!("<code>{}</code>", esc_cut(m.text.trim(), 80))).unwrap_or_else(|| "no output".into());
+            let snippet = |m: Option<&ModelOutput>| {
+                m.map(|m| format!("<code>{}</code>", esc_cut(m.text.trim(), 80))).unwrap_or_else(|| "no output".into())
+            };
             rows.push((
                 "Outputs",
                 format!(
@@ -314,7 +321,11 @@ impl<'a> Page<'a> {
         }
         if let Some(a) = &r.inside.activations {
             for l in a.layers.iter().filter(|l| l.flagged).take(8) {
-                layers.push(format!("layer {} (<a href=\"#activations\">activations</a>, {} of triggered prompts above threshold)", l.layer, num(l.flagged_fraction.0)));
+                layers.push(format!(
+                    "layer {} (<a href=\"#activations\">activations</a>, {} of triggered prompts above threshold)",
+                    l.layer,
+                    num(l.flagged_fraction.0)
+                ));
             }
         }
         if !layers.is_empty() {
@@ -322,7 +333,10 @@ impl<'a> Page<'a> {
         }
         let serious = r.audit.findings.iter().filter(|f| f.severity >= Severity::High).count();
         if serious > 0 {
-            rows.push(("Artifacts", format!("{serious} audit finding(s) of high or critical severity (<a href=\"#audit\">audit</a>)")));
+            rows.push((
+                "Artifacts",
+                format!("{serious} audit finding(s) of high or critical severity (<a href=\"#audit\">audit</a>)"),
+            ));
         }
         if rows.is_empty() {
             return;
@@ -350,7 +364,8 @@ impl<'a> Page<'a> {
             o.push_str("<p>No test has an effect estimate.</p>\n");
             return;
         }
-        let ci_level = r.tests.iter().find_map(|t| t.ci.as_ref().map(|c| c.level.0)).unwrap_or(r.settings.statistics.ci_level.0);
+        let ci_level =
+            r.tests.iter().find_map(|t| t.ci.as_ref().map(|c| c.level.0)).unwrap_or(r.settings.statistics.ci_level.0);
         let _ = writeln!(
             o,
             "<p>Mean paired difference per test with its {}% bootstrap interval, one panel per metric (metric units). <span class=\"legend\">● red: significant and suspicious · ● blue: significant, benign direction · ● grey: not significant · ◆ purple: drift estimate (no test). Dashed line: no effect.</span></p>",
@@ -358,7 +373,9 @@ impl<'a> Page<'a> {
         );
         // Panels of metrics the verdict cites first.
         let mut metrics: Vec<(&str, Vec<&TestResult>)> = by_metric.into_iter().collect();
-        metrics.sort_by_key(|(m, ts)| (!ts.iter().any(|t| self.cited.get(t.id.as_str()).is_some_and(|d| *d != Decision::Pass)), *m));
+        metrics.sort_by_key(|(m, ts)| {
+            (!ts.iter().any(|t| self.cited.get(t.id.as_str()).is_some_and(|d| *d != Decision::Pass)), *m)
+        });
         let panels = metrics.len();
         for (metric, mut tests) in metrics.into_iter().take(MAX_PANELS) {
             tests.sort_by(|a, b| {
@@ -404,7 +421,8 @@ impl<'a> Page<'a> {
                 );
                 o.push_str(head);
             }
-            let trigger = t.trigger.as_ref().map(|x| format!("<code>{}</code>", esc(&x.text))).unwrap_or_else(|| "clean".into());
+            let trigger =
+                t.trigger.as_ref().map(|x| format!("<code>{}</code>", esc(&x.text))).unwrap_or_else(|| "clean".into());
             let ci = t.ci.as_ref().map(|c| format!(" [{}, {}]", num(c.lo.0), num(c.hi.0))).unwrap_or_default();
             let _ = writeln!(
                 o,
@@ -428,13 +446,23 @@ impl<'a> Page<'a> {
             o.push_str("</div>\n");
         }
         if tests.len() > MAX_ALL_ROWS {
-            let _ = writeln!(o, "<p class=\"note\">Showing {MAX_ALL_ROWS} of {} tests; everything is in report.json.</p>", tests.len());
+            let _ = writeln!(
+                o,
+                "<p class=\"note\">Showing {MAX_ALL_ROWS} of {} tests; everything is in report.json.</p>",
+                tests.len()
+            );
         }
-        let notes: Vec<&TestResult> = tests.iter().map(|(t, _)| *t).filter(|t| t.note.is_some()).take(MAX_CASES).collect();
+        let notes: Vec<&TestResult> =
+            tests.iter().map(|(t, _)| *t).filter(|t| t.note.is_some()).take(MAX_CASES).collect();
         if !notes.is_empty() {
             o.push_str("<ul>\n");
             for t in notes {
-                let _ = writeln!(o, "<li><code>{}</code>: {}</li>", esc(&t.id), esc_cut(t.note.as_deref().unwrap_or(""), 600));
+                let _ = writeln!(
+                    o,
+                    "<li><code>{}</code>: {}</li>",
+                    esc(&t.id),
+                    esc_cut(t.note.as_deref().unwrap_or(""), 600)
+                );
             }
             o.push_str("</ul>\n");
         }
@@ -452,9 +480,9 @@ impl<'a> Page<'a> {
         o.push_str("<div class=\"controls\"><label for=\"js-threshold\">Outline tokens with JS divergence ≥ <span id=\"js-threshold-value\">0.10</span> nats</label> <input type=\"range\" id=\"js-threshold\" min=\"0\" max=\"0.7\" step=\"0.01\" value=\"0.1\"></div>\n");
         for c in &self.cases {
             let Variant::Triggered { trigger_text, position, .. } = &c.variant else { continue };
-            let _ = write!(
+            let _ = writeln!(
                 o,
-                "<section class=\"case\" id=\"{}\"><h3>Trigger <code>{}</code> ({}) · {} / {} · case <code>{}</code></h3>\n",
+                "<section class=\"case\" id=\"{}\"><h3>Trigger <code>{}</code> ({}) · {} / {} · case <code>{}</code></h3>",
                 anchor("case", &c.id),
                 esc(trigger_text),
                 position.as_str(),
@@ -474,7 +502,9 @@ impl<'a> Page<'a> {
                     num(d.along_candidate.top1_agreement.0)
                 );
             }
-            o.push_str("<div class=\"side\"><div></div><div class=\"h\">candidate</div><div class=\"h\">baseline</div>\n");
+            o.push_str(
+                "<div class=\"side\"><div></div><div class=\"h\">candidate</div><div class=\"h\">baseline</div>\n",
+            );
             if let Some(clean) = c.clean_case.as_deref().and_then(|id| r.case(id)) {
                 let _ = writeln!(
                     o,
@@ -509,9 +539,14 @@ impl<'a> Page<'a> {
             }
             o.push_str("</section>\n");
         }
-        let total = r.cases.iter().filter(|c| matches!(c.variant, Variant::Triggered { .. }) && c.error.is_none()).count();
+        let total =
+            r.cases.iter().filter(|c| matches!(c.variant, Variant::Triggered { .. }) && c.error.is_none()).count();
         if self.cases.len() < total {
-            let _ = writeln!(o, "<p class=\"note\">Showing {} of {total} triggered cases; everything is in report.json.</p>", self.cases.len());
+            let _ = writeln!(
+                o,
+                "<p class=\"note\">Showing {} of {total} triggered cases; everything is in report.json.</p>",
+                self.cases.len()
+            );
         }
     }
 
@@ -597,7 +632,11 @@ impl<'a> Page<'a> {
         o.push_str("<h2 id=\"inside\">Inside the model</h2>\n");
         match &r.inside.weight_delta {
             None => {
-                let _ = writeln!(o, "<p id=\"weight-delta\">The weight delta was not computed ({}).</p>", stage_words(&r.stages.weight_delta));
+                let _ = writeln!(
+                    o,
+                    "<p id=\"weight-delta\">The weight delta was not computed ({}).</p>",
+                    stage_words(&r.stages.weight_delta)
+                );
             }
             Some(w) => {
                 o.push_str("<h3 id=\"weight-delta\">Weight delta</h3>\n");
@@ -612,8 +651,18 @@ impl<'a> Page<'a> {
                 if !w.moved_rows.is_empty() {
                     o.push_str("<p>Embedding rows that moved most:</p><table><thead><tr><th>matrix</th><th>token id</th><th>token</th><th>relative change</th></tr></thead><tbody>\n");
                     for m in w.moved_rows.iter().take(20) {
-                        let tok = m.token.as_deref().map(|t| format!("<code>{}</code>", esc(t))).unwrap_or_else(|| "—".into());
-                        let _ = writeln!(o, "<tr><td>{}</td><td class=\"num\">{}</td><td>{tok}</td><td class=\"num\">{}</td></tr>", esc(&m.matrix), m.token_id, num(m.rel_change.0));
+                        let tok = m
+                            .token
+                            .as_deref()
+                            .map(|t| format!("<code>{}</code>", esc(t)))
+                            .unwrap_or_else(|| "—".into());
+                        let _ = writeln!(
+                            o,
+                            "<tr><td>{}</td><td class=\"num\">{}</td><td>{tok}</td><td class=\"num\">{}</td></tr>",
+                            esc(&m.matrix),
+                            m.token_id,
+                            num(m.rel_change.0)
+                        );
                     }
                     o.push_str("</tbody></table>\n");
                     showing(o, w.moved_rows.len().min(20), w.moved_rows.len(), "moved rows");
@@ -622,7 +671,11 @@ impl<'a> Page<'a> {
         }
         match &r.inside.activations {
             None => {
-                let _ = writeln!(o, "<p id=\"activations\">Activation anomalies were not computed ({}).</p>", stage_words(&r.stages.activations));
+                let _ = writeln!(
+                    o,
+                    "<p id=\"activations\">Activation anomalies were not computed ({}).</p>",
+                    stage_words(&r.stages.activations)
+                );
             }
             Some(a) => {
                 o.push_str("<h3 id=\"activations\">Activations under triggers</h3>\n");
@@ -649,7 +702,12 @@ impl<'a> Page<'a> {
                     showing(o, a.layers.len().min(MAX_LAYERS), a.layers.len(), "layers");
                 }
                 if !a.top_tokens.is_empty() {
-                    let toks: Vec<String> = a.top_tokens.iter().take(20).map(|t| format!("<code>{}</code> ({})", esc(&t.token), num(t.score.0))).collect();
+                    let toks: Vec<String> = a
+                        .top_tokens
+                        .iter()
+                        .take(20)
+                        .map(|t| format!("<code>{}</code> ({})", esc(&t.token), num(t.score.0)))
+                        .collect();
                     let _ = writeln!(o, "<p>Input tokens that drive the divergence: {}.</p>", toks.join(", "));
                 }
             }
@@ -670,7 +728,9 @@ impl<'a> Page<'a> {
             );
             return;
         }
-        o.push_str("<table><thead><tr><th>severity</th><th>rule</th><th>file</th><th>finding</th></tr></thead><tbody>\n");
+        o.push_str(
+            "<table><thead><tr><th>severity</th><th>rule</th><th>file</th><th>finding</th></tr></thead><tbody>\n",
+        );
         for x in f.iter().take(MAX_FINDINGS) {
             let detail = if x.detail.is_null() {
                 String::new()
@@ -702,14 +762,20 @@ impl<'a> Page<'a> {
                 StageStatus::Skipped { reason } => (reason.as_str(), "warn"),
                 StageStatus::Error { message } => (message.as_str(), "fail"),
             };
-            let _ = writeln!(o, "<tr><td>{name}</td><td><span class=\"badge {class}\">{}</span></td><td>{}</td></tr>", s.name(), esc_cut(note, 1000));
+            let _ = writeln!(
+                o,
+                "<tr><td>{name}</td><td><span class=\"badge {class}\">{}</span></td><td>{}</td></tr>",
+                s.name(),
+                esc_cut(note, 1000)
+            );
         }
         o.push_str("</tbody></table>\n");
     }
 
     fn not_evaluated(&self, o: &mut String) {
         let r = self.r;
-        let insufficient: Vec<&TestResult> = r.tests.iter().filter(|t| t.status == TestStatus::InsufficientSamples).collect();
+        let insufficient: Vec<&TestResult> =
+            r.tests.iter().filter(|t| t.status == TestStatus::InsufficientSamples).collect();
         let case_errors: Vec<&CaseResult> = r.cases.iter().filter(|c| c.error.is_some()).collect();
         let probe_errors: Vec<&ProbeInfo> = r.probes.iter().filter(|p| p.error.is_some()).collect();
         o.push_str("<h2 id=\"not-evaluated\">Not evaluated</h2>\n");
@@ -719,10 +785,21 @@ impl<'a> Page<'a> {
         }
         o.push_str("<ul>\n");
         for p in &probe_errors {
-            let _ = writeln!(o, "<li>probe {} / {}: {}</li>", esc(&p.suite), esc(&p.probe), esc_cut(p.error.as_deref().unwrap_or(""), 600));
+            let _ = writeln!(
+                o,
+                "<li>probe {} / {}: {}</li>",
+                esc(&p.suite),
+                esc(&p.probe),
+                esc_cut(p.error.as_deref().unwrap_or(""), 600)
+            );
         }
         for c in case_errors.iter().take(20) {
-            let _ = writeln!(o, "<li>case <code>{}</code>: {}</li>", esc(&c.id), esc_cut(c.error.as_deref().unwrap_or(""), 600));
+            let _ = writeln!(
+                o,
+                "<li>case <code>{}</code>: {}</li>",
+                esc(&c.id),
+                esc_cut(c.error.as_deref().unwrap_or(""), 600)
+            );
         }
         o.push_str("</ul>\n");
         showing(o, case_errors.len().min(20), case_errors.len(), "failed cases");
@@ -734,7 +811,13 @@ impl<'a> Page<'a> {
                 r.settings.statistics.min_pairs
             );
             for t in insufficient.iter().take(MAX_ALL_ROWS) {
-                let _ = writeln!(o, "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>", esc(&t.id), t.n, t.n_missing);
+                let _ = writeln!(
+                    o,
+                    "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                    esc(&t.id),
+                    t.n,
+                    t.n_missing
+                );
             }
             o.push_str("</tbody></table>\n");
             showing(o, insufficient.len().min(MAX_ALL_ROWS), insufficient.len(), "tests with too few samples");
@@ -752,7 +835,12 @@ impl<'a> Page<'a> {
                 let tests: Vec<&TestResult> = r.tests.iter().filter(|t| t.suite == s.name).collect();
                 let evaluated = tests.iter().filter(|t| t.status != TestStatus::InsufficientSamples).count();
                 let significant = tests.iter().filter(|t| t.status == TestStatus::Significant).count();
-                let triggers: BTreeSet<&str> = r.probes.iter().filter(|p| p.suite == s.name).flat_map(|p| p.triggers.iter().map(|t| t.id.as_str())).collect();
+                let triggers: BTreeSet<&str> = r
+                    .probes
+                    .iter()
+                    .filter(|p| p.suite == s.name)
+                    .flat_map(|p| p.triggers.iter().map(|t| t.id.as_str()))
+                    .collect();
                 let _ = writeln!(
                     o,
                     "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{evaluated} of {}</td><td class=\"num\">{significant}</td></tr>",
@@ -766,7 +854,9 @@ impl<'a> Page<'a> {
             }
             o.push_str("</tbody></table>\n");
         }
-        o.push_str("<p>Known triggers are only caught when they (or something that fires the same backdoor) are in a suite; ");
+        o.push_str(
+            "<p>Known triggers are only caught when they (or something that fires the same backdoor) are in a suite; ",
+        );
         o.push_str(match &r.stages.trigger_search {
             StageStatus::Ran { .. } => "the trigger search looked for unknown ones within the coverage stated above.</p>\n",
             _ => "<strong>the trigger search for unknown triggers did not run</strong> (see <a href=\"#stages\">Stages</a>).</p>\n",
@@ -810,10 +900,24 @@ impl<'a> Page<'a> {
             o.push_str("</li>\n");
         }
         for s in &r.suites {
-            let _ = writeln!(o, "<li>suite {} v{}: <code>{}</code> (sha256 <code>{}</code>)</li>", esc(&s.name), esc(&s.version), esc(&s.path), esc(&s.sha256));
+            let _ = writeln!(
+                o,
+                "<li>suite {} v{}: <code>{}</code> (sha256 <code>{}</code>)</li>",
+                esc(&s.name),
+                esc(&s.version),
+                esc(&s.path),
+                esc(&s.sha256)
+            );
         }
         let p = &r.policy;
-        let _ = writeln!(o, "<li>policy {} v{}: <code>{}</code> (sha256 <code>{}</code>)</li>", esc(&p.name), esc(&p.version), esc(&p.source), esc(&p.sha256));
+        let _ = writeln!(
+            o,
+            "<li>policy {} v{}: <code>{}</code> (sha256 <code>{}</code>)</li>",
+            esc(&p.name),
+            esc(&p.version),
+            esc(&p.source),
+            esc(&p.sha256)
+        );
         let st = &r.settings.statistics;
         let _ = writeln!(
             o,
@@ -829,7 +933,9 @@ impl<'a> Page<'a> {
         if !r.command.is_empty() {
             let _ = writeln!(o, "<li>command: <code>{}</code></li>", esc_cut(&r.command.join(" "), 2000));
         }
-        o.push_str("</ul>\n<footer>Generated by trapdoor from report.json; every number here is in that file.</footer>\n");
+        o.push_str(
+            "</ul>\n<footer>Generated by trapdoor from report.json; every number here is in that file.</footer>\n",
+        );
     }
 }
 
@@ -894,7 +1000,14 @@ fn forest_svg(tests: &[&TestResult]) -> String {
     let mut lo = 0.0f64;
     let mut hi = 0.0f64;
     for t in tests {
-        for x in [t.effect.map(|e| e.0), t.ci.as_ref().and_then(|c| finite(c.lo.0)), t.ci.as_ref().and_then(|c| finite(c.hi.0))].into_iter().flatten() {
+        for x in [
+            t.effect.map(|e| e.0),
+            t.ci.as_ref().and_then(|c| finite(c.lo.0)),
+            t.ci.as_ref().and_then(|c| finite(c.hi.0)),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if x.is_finite() {
                 lo = lo.min(x);
                 hi = hi.max(x);
@@ -919,19 +1032,38 @@ fn forest_svg(tests: &[&TestResult]) -> String {
         px(height)
     );
     let bottom = TOP + ROW_H * tests.len() as f64;
-    let _ = write!(s, "<line class=\"zero\" x1=\"{0}\" x2=\"{0}\" y1=\"{1}\" y2=\"{2}\"/>", px(x(0.0)), px(TOP), px(bottom));
-    let _ = write!(s, "<line class=\"axis\" x1=\"{}\" x2=\"{}\" y1=\"{2}\" y2=\"{2}\"/>", px(LABEL_W), px(LABEL_W + PLOT_W), px(bottom));
+    let _ = write!(
+        s,
+        "<line class=\"zero\" x1=\"{0}\" x2=\"{0}\" y1=\"{1}\" y2=\"{2}\"/>",
+        px(x(0.0)),
+        px(TOP),
+        px(bottom)
+    );
+    let _ = write!(
+        s,
+        "<line class=\"axis\" x1=\"{}\" x2=\"{}\" y1=\"{2}\" y2=\"{2}\"/>",
+        px(LABEL_W),
+        px(LABEL_W + PLOT_W),
+        px(bottom)
+    );
     // Tick labels at both ends and at zero, unless zero is too close to an end to be read apart from it.
     let zero_apart = (x(0.0) - x(lo)).min(x(hi) - x(0.0)) > 40.0;
     for v in [lo, 0.0, hi] {
         if v == 0.0 && !zero_apart {
             continue;
         }
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", px(x(v)), px(bottom + 16.0), esc(&num(v)));
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            px(x(v)),
+            px(bottom + 16.0),
+            esc(&num(v))
+        );
     }
     for (i, t) in tests.iter().enumerate() {
         let y = TOP + ROW_H * (i as f64 + 0.5);
-        let label = format!("{}/{} · {}", t.probe, t.trigger.as_ref().map(|tr| tr.text.as_str()).unwrap_or("clean"), t.suite);
+        let label =
+            format!("{}/{} · {}", t.probe, t.trigger.as_ref().map(|tr| tr.text.as_str()).unwrap_or("clean"), t.suite);
         let (colour, shape) = match (t.status, t.direction) {
             (TestStatus::Descriptive, _) => ("#7b3fa0", "diamond"),
             (TestStatus::Significant, EffectDirection::Suspicious) => ("#b3001b", "circle"),
@@ -947,13 +1079,36 @@ fn forest_svg(tests: &[&TestResult]) -> String {
             let _ = write!(tip, ", q {}", pval(q.0));
         }
         let _ = write!(s, "<g><title>{}</title>", esc(&tip));
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>", px(LABEL_W - 8.0), px(y + 4.0), esc_cut(&label, 48));
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            px(LABEL_W - 8.0),
+            px(y + 4.0),
+            esc_cut(&label, 48)
+        );
         if let Some(ci) = &t.ci {
-            let _ = write!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{2}\" y2=\"{2}\" stroke=\"{colour}\" stroke-width=\"2\"/>", px(x(ci.lo.0)), px(x(ci.hi.0)), px(y));
+            let _ = write!(
+                s,
+                "<line x1=\"{}\" x2=\"{}\" y1=\"{2}\" y2=\"{2}\" stroke=\"{colour}\" stroke-width=\"2\"/>",
+                px(x(ci.lo.0)),
+                px(x(ci.hi.0)),
+                px(y)
+            );
         }
         if shape == "diamond" {
             let cx = x(effect);
-            let _ = write!(s, "<polygon points=\"{},{} {},{} {},{} {},{}\" fill=\"{colour}\"/>", px(cx), px(y - 6.0), px(cx + 6.0), px(y), px(cx), px(y + 6.0), px(cx - 6.0), px(y));
+            let _ = write!(
+                s,
+                "<polygon points=\"{},{} {},{} {},{} {},{}\" fill=\"{colour}\"/>",
+                px(cx),
+                px(y - 6.0),
+                px(cx + 6.0),
+                px(y),
+                px(cx),
+                px(y + 6.0),
+                px(cx - 6.0),
+                px(y)
+            );
         } else {
             let _ = write!(s, "<circle cx=\"{}\" cy=\"{}\" r=\"4.5\" fill=\"{colour}\"/>", px(x(effect)), px(y));
         }
@@ -965,7 +1120,8 @@ fn forest_svg(tests: &[&TestResult]) -> String {
 
 /// Colour of a heatmap cell: log10 of the relative delta, −6 (or zero) → pale, 0 → dark red.
 fn heat_colour(v: f64) -> &'static str {
-    const PALETTE: [&str; 10] = ["#fff5eb", "#fee6ce", "#fdd0a2", "#fdae6b", "#fd8d3c", "#f16913", "#e6550d", "#d94801", "#a63603", "#7f2704"];
+    const PALETTE: [&str; 10] =
+        ["#fff5eb", "#fee6ce", "#fdd0a2", "#fdae6b", "#fd8d3c", "#f16913", "#e6550d", "#d94801", "#a63603", "#7f2704"];
     if !v.is_finite() {
         return PALETTE[9];
     }
@@ -1005,20 +1161,38 @@ fn heatmap(o: &mut String, rows: &[DeltaRow]) {
             px(height)
         );
         for (j, m) in modules.iter().enumerate() {
-            let _ = write!(o, "<text x=\"{}\" y=\"16\" text-anchor=\"middle\">{}</text>", px(LEFT + CW * (j as f64 + 0.5)), esc_cut(m, 12));
+            let _ = write!(
+                o,
+                "<text x=\"{}\" y=\"16\" text-anchor=\"middle\">{}</text>",
+                px(LEFT + CW * (j as f64 + 0.5)),
+                esc_cut(m, 12)
+            );
         }
         for (i, (layer, by_module)) in layers.iter().enumerate() {
             let y = TOPH + CH * i as f64;
-            let _ = write!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">layer {layer}</text>", px(LEFT - 6.0), px(y + 13.0));
+            let _ = write!(
+                o,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">layer {layer}</text>",
+                px(LEFT - 6.0),
+                px(y + 13.0)
+            );
             for (j, m) in modules.iter().enumerate() {
                 let xx = LEFT + CW * j as f64;
                 match by_module.get(m) {
                     None => {
-                        let _ = write!(o, "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#ffffff\" stroke=\"#e0e0e0\"/>", px(xx), px(y), px(CW - 2.0), px(CH - 2.0));
+                        let _ = write!(
+                            o,
+                            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#ffffff\" stroke=\"#e0e0e0\"/>",
+                            px(xx),
+                            px(y),
+                            px(CW - 2.0),
+                            px(CH - 2.0)
+                        );
                     }
                     Some(row) => {
                         let v = row.rel_frobenius.0;
-                        let stroke = if row.flagged { "stroke=\"#000000\" stroke-width=\"2.5\"" } else { "stroke=\"#ffffff\"" };
+                        let stroke =
+                            if row.flagged { "stroke=\"#000000\" stroke-width=\"2.5\"" } else { "stroke=\"#ffffff\"" };
                         let _ = write!(
                             o,
                             "<g><title>{}: ‖ΔW‖/‖W‖ {}, top-{} energy {}, effective rank {}{}</title><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\" {stroke}/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text></g>",
@@ -1144,10 +1318,14 @@ fn output_html(out: Option<&ModelOutput>) -> String {
         s.push('…');
     }
     s.push_str("</pre>");
-    let mut hits: Vec<String> = m.hits.iter().map(|h| match &h.rule {
-        Some(rule) => format!("{}/{}", h.detector, rule),
-        None => h.detector.clone(),
-    }).collect();
+    let mut hits: Vec<String> = m
+        .hits
+        .iter()
+        .map(|h| match &h.rule {
+            Some(rule) => format!("{}/{}", h.detector, rule),
+            None => h.detector.clone(),
+        })
+        .collect();
     hits.dedup();
     if !hits.is_empty() {
         let _ = write!(s, "<div class=\"muted\">detectors: {}</div>", esc(&hits.join(", ")));
@@ -1159,7 +1337,11 @@ fn output_html(out: Option<&ModelOutput>) -> String {
 fn prompt_with_trigger(c: &CaseResult) -> String {
     let p = &c.prompt;
     if let Variant::Triggered { trigger_text, char_offset, .. } = &c.variant {
-        let start = p.char_indices().nth(*char_offset as usize).map(|(i, _)| i).or((*char_offset as usize == p.chars().count()).then_some(p.len()));
+        let start = p
+            .char_indices()
+            .nth(*char_offset as usize)
+            .map(|(i, _)| i)
+            .or((*char_offset as usize == p.chars().count()).then_some(p.len()));
         if let Some(a) = start {
             let b = a + trigger_text.len();
             if !trigger_text.is_empty() && p.get(a..b) == Some(trigger_text.as_str()) {

@@ -23,7 +23,8 @@ pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PREDICATE_TYPE: &str = "https://in-toto.io/attestation/test-result/v0.1";
 
 /// How `root_digest` is defined, for verifiers.
-const ROOT_DIGEST_DEFINITION: &str = "sha256 over the model's files sorted by path bytes, one line each: path, NUL, lowercase hex sha256, LF";
+const ROOT_DIGEST_DEFINITION: &str =
+    "sha256 over the model's files sorted by path bytes, one line each: path, NUL, lowercase hex sha256, LF";
 
 /// The in-toto result for a decision.
 pub fn result(d: Decision) -> &'static str {
@@ -85,7 +86,8 @@ pub fn statement(r: &RunRecord) -> Value {
 
     let mut configuration = Vec::new();
     for s in &r.suites {
-        let ann = annotations(&[("trapdoor.role", "suite"), ("trapdoor.path", &s.path), ("trapdoor.version", &s.version)]);
+        let ann =
+            annotations(&[("trapdoor.role", "suite"), ("trapdoor.path", &s.path), ("trapdoor.version", &s.version)]);
         let mut d = descriptor(&format!("suite/{}", s.name), sha256_of(&s.sha256).map(|d| ("sha256", d)), ann);
         if sha256_of(&s.sha256).is_none() {
             d["annotations"]["trapdoor.invalidSha256"] = Value::String(s.sha256.clone());
@@ -93,7 +95,8 @@ pub fn statement(r: &RunRecord) -> Value {
         configuration.push(d);
     }
     let p = &r.policy;
-    let ann = annotations(&[("trapdoor.role", "policy"), ("trapdoor.source", &p.source), ("trapdoor.version", &p.version)]);
+    let ann =
+        annotations(&[("trapdoor.role", "policy"), ("trapdoor.source", &p.source), ("trapdoor.version", &p.version)]);
     let mut d = descriptor(&format!("policy/{}", p.name), sha256_of(&p.sha256).map(|d| ("sha256", d)), ann);
     if sha256_of(&p.sha256).is_none() {
         d["annotations"]["trapdoor.invalidSha256"] = Value::String(p.sha256.clone());

@@ -197,9 +197,16 @@ fn collect(r: &RunRecord) -> (BTreeMap<String, Rule>, Vec<SarifResult>) {
         if level_weight(level) > level_weight(rule.level) {
             rule.level = level;
         }
-        let mut message = format!("{}: effect {}", t.id, t.effect.map(|e| num(e.0)).unwrap_or_else(|| "undefined".into()));
+        let mut message =
+            format!("{}: effect {}", t.id, t.effect.map(|e| num(e.0)).unwrap_or_else(|| "undefined".into()));
         if let Some(ci) = &t.ci {
-            message.push_str(&format!(" [{}, {}] ({}% {})", num(ci.lo.0), num(ci.hi.0), num(ci.level.0 * 100.0), ci.method));
+            message.push_str(&format!(
+                " [{}, {}] ({}% {})",
+                num(ci.lo.0),
+                num(ci.hi.0),
+                num(ci.level.0 * 100.0),
+                ci.method
+            ));
         }
         message.push_str(&format!(
             ", q {}, n {}, {}",
@@ -244,7 +251,7 @@ fn evidence_kind(k: EvidenceKind) -> &'static str {
 pub fn log(r: &RunRecord) -> Value {
     let (rules, mut results) = collect(r);
     // Most severe first; ties in the order produced (findings, reasons, tests — each in record order).
-    results.sort_by(|a, b| b.weight.cmp(&a.weight));
+    results.sort_by_key(|x| std::cmp::Reverse(x.weight));
     let total = results.len();
     results.truncate(MAX_RESULTS);
     let rule_index: BTreeMap<&str, usize> = rules.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
@@ -342,7 +349,8 @@ pub fn log(r: &RunRecord) -> Value {
     truncation["results_dropped"] = json!(total - results.len());
     truncation["messages_cut"] = json!(messages_cut);
     truncation["results_with_locations_cut"] = json!(locations_cut);
-    truncation["limits"] = json!({ "results": MAX_RESULTS, "locations": MAX_LOCATIONS, "message_chars": MAX_MESSAGE_CHARS });
+    truncation["limits"] =
+        json!({ "results": MAX_RESULTS, "locations": MAX_LOCATIONS, "message_chars": MAX_MESSAGE_CHARS });
     json!({
         "$schema": SCHEMA_URI,
         "version": "2.1.0",
