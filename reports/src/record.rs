@@ -564,6 +564,11 @@ pub struct PerToken {
     pub kl_base_cand: Vec<Real>,
     /// Whether both models' most likely next token agreed at this position.
     pub top1_agree: Vec<bool>,
+    /// The decoded text of each token of the continuation (the tokenizer's piece for that id, as the model emitted
+    /// it), so a report can show and highlight the continuation token by token. Empty when the producer did not
+    /// fill it: reports then show token ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
 }
 
 /// Teacher-forced divergence of the two models' next-token distributions along one continuation.

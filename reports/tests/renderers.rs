@@ -304,7 +304,10 @@ fn write_reports_is_atomic_and_cleans_only_its_own_stale_files() {
     let manifest = write_reports(&rec, &out).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["junit.xml", "notes.txt", "report.json", "report.md", "samples.csv", MANIFEST]);
+    let mut expected: Vec<&str> = render::RENDERERS.iter().map(|(n, _)| *n).chain(["notes.txt", MANIFEST]).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert!(names.iter().any(|n| n == "report.sarif"));
     assert_eq!(manifest.decision, "fail");
     assert_eq!(read_manifest(&out).unwrap(), manifest);
     for entry in &manifest.files {

@@ -289,7 +289,7 @@ fn evidence_label(e: &Evidence) -> String {
 }
 
 /// Ids of tests that a fail or warn reason cites: the evidence behind the verdict.
-fn cited_tests(r: &RunRecord) -> BTreeSet<&str> {
+pub(crate) fn cited_tests(r: &RunRecord) -> BTreeSet<&str> {
     r.verdict
         .reasons
         .iter()
@@ -424,7 +424,7 @@ fn output_cell(out: Option<&ModelOutput>, max_chars: usize) -> String {
 /// The triggered cases the trigger moved most ([`RunRecord::ranked_cases`]), those of triggers named by the
 /// verdict's tests first, at most two per (suite, probe, trigger) so one trigger does not crowd out the others;
 /// only cases the trigger actually moved apart.
-fn top_triggered(r: &RunRecord, n: usize) -> (Vec<&CaseResult>, usize) {
+pub(crate) fn top_triggered(r: &RunRecord, n: usize) -> (Vec<&CaseResult>, usize) {
     let total = r.cases.iter().filter(|c| matches!(c.variant, Variant::Triggered { .. }) && c.error.is_none()).count();
     // Triggers named by the verdict's tests come first: they are what the reviewer has to look at.
     let cited: BTreeSet<(&str, &str, &str)> = {
@@ -532,7 +532,7 @@ fn audit(o: &mut String, r: &RunRecord, lim: Limits) {
     o.push('\n');
 }
 
-const MODULE_ORDER: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub(crate) const MODULE_ORDER: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
     let (w, a) = (&r.inside.weight_delta, &r.inside.activations);

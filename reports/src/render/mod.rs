@@ -4,9 +4,14 @@
 //! is a module here plus a line in the table.
 
 pub mod csv;
+pub mod html;
+pub mod cyclonedx;
+pub(crate) mod interop;
+pub mod intoto;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod sarif;
 
 use crate::record::RunRecord;
 
@@ -19,6 +24,10 @@ pub const RENDERERS: &[(&str, Renderer)] = &[
     ("report.md", markdown::render_bytes),
     ("samples.csv", csv::render),
     ("junit.xml", junit::render),
+    ("report.html", html::render),
+    ("report.sarif", sarif::render),
+    ("attestation.intoto.json", intoto::render),
+    ("bom.cdx.json", cyclonedx::render),
 ];
 
 /// One rendered file.

@@ -235,6 +235,7 @@ pub fn rich_record() -> RunRecord {
         kl_cand_base: vec![r(f64::INFINITY), r(2.5), r(0.25)],
         kl_base_cand: vec![r(1.0), r(0.75), r(0.0)],
         top1_agree: vec![false, false, true],
+        tokens: vec![" I".into(), " hate".into(), " you".into()],
     });
     // A per-token array on a less divergent case, which prune_per_token(1) drops.
     let mut cooler = kt(
@@ -248,7 +249,7 @@ pub fn rich_record() -> RunRecord {
         0.2,
     );
     cooler.divergence.as_mut().unwrap().along_baseline.per_token =
-        Some(PerToken { js: vec![r(0.1)], kl_cand_base: vec![r(0.2)], kl_base_cand: vec![r(0.3)], top1_agree: vec![true] });
+        Some(PerToken { js: vec![r(0.1)], kl_cand_base: vec![r(0.2)], kl_base_cand: vec![r(0.3)], top1_agree: vec![true], tokens: vec![] });
     let mut errored = kt("kt-1-rlo-random", 1, "The cat \u{202e}evil\u{200b} sat", trig("rlo", "\u{202e}evil\u{200b}", Position::RandomWord, 8), Some("kt-1-clean"), "", "", 0.0);
     errored.candidate = None;
     errored.baseline = None;
