@@ -465,6 +465,19 @@ fn detector_kind(k: trapdoor_probes::DetectorKind) -> &'static str {
     }
 }
 
+/// Whether a declared target is scored for its probe. The metric registry folds a probe's scored targets into one
+/// number with one suspicious direction: `refusal_logprob` (lower is suspicious) for safety probes, `target_logprob`
+/// (higher is suspicious) for every other kind. A target whose role points the other way (a refusal opener in a
+/// trigger probe, an attacker string in a safety probe) would cancel the signal it sits beside, so it is not scored;
+/// the probe's detectors still read it.
+fn scored_target(kind: trapdoor_probes::ProbeKind, t: &trapdoor_probes::Target) -> bool {
+    use trapdoor_probes::TargetRole;
+    match kind {
+        trapdoor_probes::ProbeKind::Safety => t.role == TargetRole::Refusal,
+        _ => t.role != TargetRole::Refusal,
+    }
+}
+
 fn probe_infos(s: &Suite) -> Vec<rec::ProbeInfo> {
     s.probes
         .iter()
@@ -486,7 +499,7 @@ fn probe_infos(s: &Suite) -> Vec<rec::ProbeInfo> {
                     .iter()
                     .map(|t| TriggerInfo { id: t.id.clone(), text: t.text.clone(), source: t.source.clone() })
                     .collect(),
-                targets: p.targets.iter().map(|t| t.text.clone()).collect(),
+                targets: p.targets.iter().filter(|t| scored_target(p.kind, t)).map(|t| t.text.clone()).collect(),
                 detectors,
                 prompts: p.prompts.len() as u32,
                 error: None,
@@ -893,7 +906,7 @@ fn scan_record(
     }
     let mut target_ids: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for c in &cases {
-        for tg in c.targets.iter() {
+        for tg in c.targets.iter().filter(|t| scored_target(c.probe_kind, t)) {
             if !target_ids.contains_key(&tg.text) {
                 target_ids.insert(tg.text.clone(), baseline.encode(&tg.text, false)?);
             }
@@ -901,7 +914,7 @@ fn scan_record(
     }
     for (c, p) in cases.iter().zip(&prompt_ids) {
         if let Ok((ids, _)) = p {
-            for tg in c.targets.iter() {
+            for tg in c.targets.iter().filter(|t| scored_target(c.probe_kind, t)) {
                 let tids = &target_ids[&tg.text];
                 if !tids.is_empty() {
                     jobs.insert(job_of(ids, tids), None);
@@ -980,6 +993,7 @@ fn scan_record(
             let targets = c
                 .targets
                 .iter()
+                .filter(|t| scored_target(c.probe_kind, t))
                 .filter_map(|tg| {
                     let tids = &target_ids[&tg.text];
                     let s = jobs.get(&job_of(ids, tids)).and_then(|s| s.as_ref())?;
