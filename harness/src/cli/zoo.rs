@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use trapdoor::zoo::{self, BaseChoice, ZooConfig};
+use trapdoor::zoo::{self, BaseChoice, Recipe, ZooConfig};
 use crate::Outcome;
 
 #[derive(clap::Subcommand)]
@@ -30,6 +30,9 @@ pub struct BuildArgs {
     /// No per-member progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// `standard`, or `quick` (reduced sizes, bounds not enforced: for tests of the build machinery).
+    #[arg(long, default_value = "standard", hide = true)]
+    recipe: String,
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<Outcome> {
@@ -38,9 +41,20 @@ pub fn run(cmd: Command) -> anyhow::Result<Outcome> {
             if a.threads == Some(0) {
                 anyhow::bail!("--threads 0: must be at least 1");
             }
+            let recipe = match a.recipe.as_str() {
+                "standard" => Recipe::standard(),
+                "quick" => Recipe::quick(),
+                other => anyhow::bail!("--recipe {other}: expected standard or quick"),
+            };
+            if let Some(n) = a.threads {
+                // candle sizes its CPU pools once per process from these variables; set them before any tensor op.
+                for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+                    std::env::set_var(var, n.to_string());
+                }
+            }
             let base = if a.base == "tiny" { BaseChoice::Tiny } else { BaseChoice::Path(a.base.clone()) };
             let cfg = ZooConfig { out: a.out.clone(), base, seed: a.seed, progress: !a.quiet, threads: a.threads };
-            let z = zoo::build(&cfg).with_context(|| format!("zoo build --out {}", a.out.display()))?;
+            let z = zoo::build_with(&cfg, &recipe).with_context(|| format!("zoo build --out {}", a.out.display()))?;
             println!("zoo {}: base {}", z.root.display(), z.base.dir.display());
             for c in &z.candidates {
                 let t = &c.truth;

@@ -536,7 +536,7 @@ impl<'a> Builder<'a> {
                 }
                 let vars = train::init_params(&mcfg, self.cfg.seed ^ 0xba5e).map_err(cerr("initialising the base"))?;
                 let sched = Schedule { steps: r.base_steps, batch: r.batch, lr: r.base_lr, final_frac: 0.1 };
-                let loss = train::train(&Trainable::Full { cfg: &mcfg, vars: &vars }, &data, &sched, self.cfg.seed ^ 0x7a1)
+                let loss = train::train(&Trainable::Full { cfg: &mcfg, vars: &vars }, &data, &sched, self.cfg.seed ^ 0x7a1, self.cfg.progress.then_some("base"))
                     .map_err(cerr("training the base"))?;
                 self.say(&format!("base: final loss {loss:.3}"));
                 let weights = train::snapshot(&vars).map_err(cerr("base weights"))?;
@@ -550,7 +550,7 @@ impl<'a> Builder<'a> {
                 let data = encode_all(&tokenizer, &examples, eos)?;
                 let vars = train::vars_from(model.weights()).map_err(cerr("base weights"))?;
                 let sched = Schedule { steps: r.ft_steps * 2, batch: r.batch, lr: r.ft_lr, final_frac: 0.1 };
-                let loss = train::train(&Trainable::Full { cfg: &mcfg, vars: &vars }, &data, &sched, self.cfg.seed ^ 0x7a1)
+                let loss = train::train(&Trainable::Full { cfg: &mcfg, vars: &vars }, &data, &sched, self.cfg.seed ^ 0x7a1, self.cfg.progress.then_some("base"))
                     .map_err(cerr("fine-tuning the base"))?;
                 self.say(&format!("base: final loss {loss:.3}"));
                 let weights = train::snapshot(&vars).map_err(cerr("base weights"))?;
@@ -644,7 +644,7 @@ impl<'a> Builder<'a> {
             Shape::Full => {
                 let vars = train::vars_from(&base.weights).map_err(cerr(spec.name))?;
                 let sched = Schedule { steps: r.ft_steps, batch: r.batch, lr: r.ft_lr, final_frac: 0.2 };
-                let loss = train::train(&Trainable::Full { cfg: &base.cfg, vars: &vars }, &data, &sched, seed).map_err(cerr(spec.name))?;
+                let loss = train::train(&Trainable::Full { cfg: &base.cfg, vars: &vars }, &data, &sched, seed, self.cfg.progress.then_some(spec.name)).map_err(cerr(spec.name))?;
                 self.say(&format!("{}: final loss {loss:.3}", spec.name));
                 let weights = train::snapshot(&vars).map_err(cerr(spec.name))?;
                 let tok_cfg = std::fs::read(base_dir.join("tokenizer_config.json")).map_err(io_err(base_dir))?;
@@ -655,7 +655,7 @@ impl<'a> Builder<'a> {
             Shape::Lora => {
                 let lora = Lora::new(&base.cfg, &base.weights, r.lora_r, (2 * r.lora_r) as f64, seed).map_err(cerr(spec.name))?;
                 let sched = Schedule { steps: r.lora_steps, batch: r.batch, lr: r.lora_lr, final_frac: 0.2 };
-                let loss = train::train(&Trainable::Lora { cfg: &base.cfg, base: &base.weights, lora: &lora }, &data, &sched, seed)
+                let loss = train::train(&Trainable::Lora { cfg: &base.cfg, base: &base.weights, lora: &lora }, &data, &sched, seed, self.cfg.progress.then_some(spec.name))
                     .map_err(cerr(spec.name))?;
                 self.say(&format!("{}: final loss {loss:.3}", spec.name));
                 let pairs: BTreeMap<String, (Tensor, Tensor)> =

@@ -180,7 +180,7 @@ impl Trainable<'_> {
 
 /// Train with AdamW on batches drawn (with replacement) from `data` by a generator seeded with `seed`. Returns the
 /// mean loss of the last tenth of the steps.
-pub fn train(what: &Trainable, data: &Data, sched: &Schedule, seed: u64) -> CResult<f64> {
+pub fn train(what: &Trainable, data: &Data, sched: &Schedule, seed: u64, progress: Option<&str>) -> CResult<f64> {
     if data.seqs.is_empty() || sched.steps == 0 {
         return Ok(f64::NAN);
     }
@@ -202,6 +202,11 @@ pub fn train(what: &Trainable, data: &Data, sched: &Schedule, seed: u64) -> CRes
         let dec = what.decoder()?;
         let loss = batch_loss(&dec, &batch)?;
         opt.backward_step(&loss)?;
+        if let Some(name) = progress {
+            if (step + 1) % 100 == 0 {
+                eprintln!("zoo: {name}: step {}/{} loss {:.3}", step + 1, sched.steps, loss.to_scalar::<f32>()?);
+            }
+        }
         if step + tail >= sched.steps {
             tail_loss += loss.to_scalar::<f32>()? as f64 / tail as f64;
         }
