@@ -197,14 +197,14 @@ impl Recipe {
             kv_heads: 2,
             intermediate: 172,
             corpus: 6000,
-            base_steps: 700,
+            base_steps: 450,
             base_lr: 3e-3,
-            ft_steps: 250,
+            ft_steps: 150,
             ft_lr: 1.5e-3,
-            lora_steps: 250,
-            lora_lr: 4e-3,
+            lora_steps: 200,
+            lora_lr: 1e-2,
             lora_r: 8,
-            batch: 24,
+            batch: 20,
             eval_prompts: 40,
             enforce_bounds: true,
         }
@@ -392,10 +392,19 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Build key of a member: recipe version, seed, what it grows from, and only the recipe settings it depends on
+    /// (so changing the LoRA settings does not rebuild the base).
     fn key(&self, member: &str, base_digest: &str) -> String {
+        let r = self.recipe;
+        let settings = match member {
+            "base" => json!([r.hidden, r.layers, r.heads, r.kv_heads, r.intermediate, r.corpus, r.base_steps, r.base_lr, r.ft_steps, r.ft_lr, r.batch, r.eval_prompts, r.enforce_bounds]),
+            "benign-lora" | "bd-lora" => json!([r.corpus, r.lora_steps, r.lora_lr, r.lora_r, r.batch, r.eval_prompts, r.enforce_bounds]),
+            "tok-tamper" => json!([r.eval_prompts, r.enforce_bounds]),
+            _ => json!([r.corpus, r.ft_steps, r.ft_lr, r.batch, r.eval_prompts, r.enforce_bounds]),
+        };
         let v = json!({
             "recipe_version": RECIPE_VERSION,
-            "recipe": self.recipe,
+            "settings": settings,
             "seed": self.cfg.seed,
             "base": base_digest,
             "member": member,
