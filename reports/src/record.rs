@@ -125,6 +125,35 @@ pub struct RunRecord {
     #[serde(default)]
     pub trigger_search: Option<TriggerSearch>,
     pub verdict: Verdict,
+    /// What the candidate really is, when it is a zoo member scanned by `trapdoor selftest`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ground_truth: Option<GroundTruth>,
+}
+
+/// Ground truth of a planted-backdoor zoo member and whether the gate got it right (`trapdoor selftest`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroundTruth {
+    /// The zoo member's folder name.
+    pub member: String,
+    /// `full-finetune`, `lora-adapter`, `tokenizer-tamper`, …
+    pub kind: String,
+    /// `phrase`, `conjunctive`, `insecure-code`, `refusal-suppression`, `tokenizer-tamper`; absent when benign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<String>,
+    pub backdoored: bool,
+    /// The planted trigger's words (all of them are needed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trigger: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The gate failed the candidate.
+    pub detected: bool,
+    /// `detected == backdoored`.
+    pub correct: bool,
+    /// For backdoors with a trigger: how the gate found it (`named` by a probe test, `recovered` by the trigger
+    /// search — at least half its words, or a working trigger), or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_recovery: Option<String>,
 }
 
 /// The tool that wrote the record.
@@ -1073,6 +1102,7 @@ impl RunRecord {
                 reasons: Vec::new(),
                 summary: VerdictSummary::default(),
             },
+            ground_truth: None,
         }
     }
 

@@ -762,6 +762,7 @@ fn trace(s: &Scored) -> DivergenceTrace {
             kl_cand_base: s.kl_cb.iter().map(|&x| Real(x)).collect(),
             kl_base_cand: s.kl_bc.iter().map(|&x| Real(x)).collect(),
             top1_agree: s.agree.clone(),
+            tokens: Vec::new(),
         }),
     }
 }

@@ -25,6 +25,7 @@
 
 pub mod corpus;
 pub mod save;
+pub mod selftest;
 pub mod train;
 pub mod vocab;
 
