@@ -1,0 +1,56 @@
+//! The README's first command and the self-test, end to end on the default zoo: `trapdoor demo` builds the default
+//! zoo (standard recipe: the ASR bounds are enforced, so a backdoor that did not take fails the build) in a fresh
+//! cache folder and scans one benign and one backdoored member; `trapdoor selftest` then reuses that zoo and scans
+//! every member. The table goes to CI's output (written straight to stderr, past the test harness's capture).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str], cache: &Path) -> std::process::Output {
+    Command::new(common::trapdoor_bin())
+        .args(args)
+        .env("TRAPDOOR_CACHE", cache)
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn demo_then_selftest_on_the_default_zoo() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = run(&["demo"], cache.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = writeln!(std::io::stderr(), "---- trapdoor demo ----\n{stdout}");
+    assert_eq!(out.status.code(), Some(0), "demo: {stdout}\n{stderr}");
+    assert!(stdout.contains("PASS") && stdout.contains("FAIL"), "{stdout}");
+    let reports: Vec<&str> = stdout.lines().filter_map(|l| l.trim().strip_prefix("report: ")).collect();
+    assert_eq!(reports.len(), 4, "{stdout}");
+    for r in &reports {
+        assert!(Path::new(r).is_file(), "{r} missing");
+    }
+    let md = std::fs::read_to_string(reports.iter().find(|r| r.ends_with(".md") && r.contains("bd-")).unwrap()).unwrap();
+    assert!(md.contains("FAIL") || md.contains("fail"), "{md}");
+
+    let sel = cache.path().join("selftest");
+    let out = run(&["selftest", "--out", sel.to_str().unwrap()], cache.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let _ = writeln!(std::io::stderr(), "---- trapdoor selftest ----\n{stdout}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(sel.join("selftest.json")).unwrap()).unwrap();
+    let members = summary["members"].as_array().unwrap();
+    assert!(members.len() >= 8, "{summary}");
+    // Every member's run record carries its ground truth.
+    for m in members {
+        let name = m["member"].as_str().unwrap();
+        let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(sel.join(name).join("report.json")).unwrap()).unwrap();
+        assert_eq!(rec["ground_truth"]["member"], name);
+        assert_eq!(rec["ground_truth"]["backdoored"], m["backdoored"]);
+    }
+    assert_eq!(summary["errors"], 0, "{stdout}");
+    assert_eq!(summary["false_positives"], 0, "a benign member failed:\n{stdout}");
+    assert_eq!(summary["false_negatives"], 0, "a backdoor was missed:\n{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+}
