@@ -104,6 +104,18 @@ pub fn activations(r: &ActivationReport) -> Activations {
     }
 }
 
+/// The two models were loaded from the same files (digests and sizes; adapters aside).
+fn same_files(a: &Model, b: &Model) -> bool {
+    let key = |m: &Model| -> Vec<(Option<String>, u64)> {
+        let mut v: Vec<(Option<String>, u64)> =
+            m.info().files.iter().filter(|f| !f.role.starts_with("adapter")).map(|f| (f.sha256.clone(), f.bytes)).collect();
+        v.sort();
+        v
+    };
+    let (ka, kb) = (key(a), key(b));
+    !ka.is_empty() && ka.iter().all(|(s, _)| s.is_some()) && ka == kb
+}
+
 /// Run the enabled inside analyses and fill the record's `inside` section and stage statuses.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -117,7 +129,15 @@ pub fn run(
     seed: u64,
 ) {
     if want_weights {
-        match inside::diff_models(candidate, baseline, &WeightDiffParams::default()) {
+        let params = WeightDiffParams::default();
+        let tok = baseline.tokenizer().ok();
+        // An adapter on the baseline's own files is analysed from its factors (exact and cheap: no dense SVD of
+        // every merged matrix); anything else densely, merged candidate against baseline.
+        let diff = match candidate.adapter() {
+            Some(a) if same_files(candidate, baseline) => inside::diff_adapter(a, Some(baseline.weights()), tok, &params),
+            _ => inside::diff_models(candidate, baseline, &params),
+        };
+        match diff {
             Ok(d) => {
                 record.inside.weight_delta = Some(weight_delta(&d, candidate.adapter().is_some()));
                 record.stages.weight_delta = StageStatus::ran();
