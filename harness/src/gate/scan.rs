@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use trapdoor_probes::{shipped, Case, Suite, SuiteError};
@@ -664,22 +665,35 @@ struct Scored {
     lp_base: Vec<f64>,
 }
 
-fn log_softmax(row: &[f32]) -> Vec<f64> {
+/// Probabilities and log-probabilities of a logit row, in f64 (one `exp` per entry).
+fn softmax_parts(row: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+    let e: Vec<f64> = row.iter().map(|&x| (x as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
     let lse = m + s.ln();
-    row.iter().map(|&x| x as f64 - lse).collect()
+    let p = e.iter().map(|x| x / s).collect();
+    let lp = row.iter().map(|&x| x as f64 - lse).collect();
+    (p, lp)
 }
 
-/// JS, KL(c‖b), KL(b‖c) in nats and whether the argmaxes agree, from two logit rows.
-fn compare_rows(c: &[f32], b: &[f32]) -> (f64, f64, f64, bool, Vec<f64>, Vec<f64>) {
-    let lc = log_softmax(c);
-    let lb = log_softmax(b);
+/// One position compared: JS, KL(c‖b), KL(b‖c) in nats, whether the argmaxes agree, and the log-probability of
+/// the actual next token under each model.
+type Compared = (f64, f64, f64, bool, f64, f64);
+
+/// Compare two logit rows at one position; `tok` is the token that actually follows.
+fn compare_rows(c: &[f32], b: &[f32], tok: usize) -> Compared {
+    let (pc, lc) = softmax_parts(c);
+    let (pb, lb) = softmax_parts(b);
     let (mut kl_cb, mut kl_bc, mut js) = (0.0, 0.0, 0.0);
-    for (&x, &y) in lc.iter().zip(&lb) {
-        let (p, q) = (x.exp(), y.exp());
-        kl_cb += if p > 0.0 { p * (x - y) } else { 0.0 };
-        kl_bc += if q > 0.0 { q * (y - x) } else { 0.0 };
+    for i in 0..pc.len() {
+        let (p, q, x, y) = (pc[i], pb[i], lc[i], lb[i]);
+        let d = x - y;
+        if p > 0.0 {
+            kl_cb += p * d;
+        }
+        if q > 0.0 {
+            kl_bc -= q * d;
+        }
         let m = 0.5 * (p + q);
         if m > 0.0 {
             let lm = m.ln();
@@ -692,7 +706,7 @@ fn compare_rows(c: &[f32], b: &[f32]) -> (f64, f64, f64, bool, Vec<f64>, Vec<f64
         }
     }
     let agree = crate::runtime::generate::argmax(c) == crate::runtime::generate::argmax(b);
-    (js.clamp(0.0, std::f64::consts::LN_2), kl_cb.max(0.0), kl_bc.max(0.0), agree, lc, lb)
+    (js.clamp(0.0, std::f64::consts::LN_2), kl_cb.max(0.0), kl_bc.max(0.0), agree, lc[tok], lb[tok])
 }
 
 /// Final hidden states `[B, T, D]` of a right-padded batch.
@@ -731,16 +745,21 @@ fn score_batch(cand: &Model, base: &Model, batch: &[&Job]) -> Result<Vec<Scored>
     for (i, job) in batch.iter().enumerate() {
         let rc = rows_for(cand, &hc, i, job)?;
         let rb = rows_for(base, &hb, i, job)?;
+        // Positions are independent: compare them in parallel (vocabulary-sized rows), collected in order.
+        let compared: Vec<Compared> = rc
+            .par_iter()
+            .zip(rb.par_iter())
+            .enumerate()
+            .map(|(k, (c, b))| compare_rows(c, b, job.ids[job.start + k] as usize))
+            .collect();
         let mut s = Scored::default();
-        for (k, (c, b)) in rc.iter().zip(&rb).enumerate() {
-            let tok = job.ids[job.start + k] as usize;
-            let (js, kcb, kbc, agree, lc, lb) = compare_rows(c, b);
+        for (js, kcb, kbc, agree, lc, lb) in compared {
             s.js.push(js);
             s.kl_cb.push(kcb);
             s.kl_bc.push(kbc);
             s.agree.push(agree);
-            s.lp_cand.push(lc[tok]);
-            s.lp_base.push(lb[tok]);
+            s.lp_cand.push(lc);
+            s.lp_base.push(lb);
         }
         out.push(s);
     }
@@ -1088,4 +1107,52 @@ fn inside_stage(
     let t = Instant::now();
     inside::run(record, candidate, baseline, cases, prompt_ids, want_w, want_a, cfg.seed);
     lap(timing, "inside", t);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergences_of_two_rows() {
+        // Identical rows: nothing diverges.
+        let (js, kcb, kbc, agree, lc, lb) = compare_rows(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 2);
+        assert!(js.abs() < 1e-12 && kcb.abs() < 1e-12 && kbc.abs() < 1e-12 && agree);
+        assert!((lc - lb).abs() < 1e-12);
+        // p = (0.5, 0.5), q = (0.9, 0.1) as logits ln p, ln q: closed forms.
+        let (p, q) = ([0.5f64, 0.5], [0.9f64, 0.1]);
+        let c: Vec<f32> = p.iter().map(|x| x.ln() as f32).collect();
+        let b: Vec<f32> = q.iter().map(|x| x.ln() as f32).collect();
+        let kl = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * (x / y).ln()).sum::<f64>();
+        let m: Vec<f64> = p.iter().zip(&q).map(|(x, y)| 0.5 * (x + y)).collect();
+        let (js, kcb, kbc, agree, lc, lb) = compare_rows(&c, &b, 1);
+        assert!((kcb - kl(&p, &q)).abs() < 1e-6, "{kcb}");
+        assert!((kbc - kl(&q, &p)).abs() < 1e-6, "{kbc}");
+        assert!((js - 0.5 * (kl(&p, &m) + kl(&q, &m))).abs() < 1e-6, "{js}");
+        assert!(js <= std::f64::consts::LN_2);
+        assert!(agree, "ties go to the lowest id on both sides");
+        assert!((lc - 0.5f64.ln()).abs() < 1e-6 && (lb - 0.1f64.ln()).abs() < 1e-6);
+        let (_, _, _, agree, _, _) = compare_rows(&[0.0, 1.0], &[1.0, 0.0], 0);
+        assert!(!agree);
+    }
+
+    #[test]
+    fn traces_summarise_positions() {
+        let s = Scored {
+            js: vec![0.1, 0.3],
+            kl_cb: vec![1.0, 3.0],
+            kl_bc: vec![0.5, 0.5],
+            agree: vec![true, false],
+            lp_cand: vec![-1.0, -2.0],
+            lp_base: vec![-1.5, -2.5],
+        };
+        let t = trace(&s);
+        assert_eq!(t.positions, 2);
+        assert!((t.js_mean.0 - 0.2).abs() < 1e-12 && (t.js_max.0 - 0.3).abs() < 1e-12);
+        assert!((t.kl_cand_base_mean.0 - 2.0).abs() < 1e-12 && (t.top1_agreement.0 - 0.5).abs() < 1e-12);
+        assert_eq!(t.per_token.unwrap().top1_agree, vec![true, false]);
+        let empty = trace(&Scored::default());
+        assert_eq!(empty.positions, 0);
+        assert!(empty.js_mean.0.is_nan());
+    }
 }
