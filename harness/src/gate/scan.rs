@@ -709,8 +709,12 @@ fn compare_rows(c: &[f32], b: &[f32], tok: usize) -> Compared {
     (js.clamp(0.0, std::f64::consts::LN_2), kl_cb.max(0.0), kl_bc.max(0.0), agree, lc[tok], lb[tok])
 }
 
-/// Final hidden states `[B, T, D]` of a right-padded batch.
-fn final_hidden(m: &Model, batch: &[&Job]) -> Result<Tensor, RuntimeError> {
+/// Largest `B × T × V` logits tensor computed in one piece; larger batches (big vocabularies) go through the final
+/// hidden states and unembed only the positions that are read.
+const MAX_BATCH_LOGITS: usize = 32 << 20;
+
+/// For each job of a right-padded batch, the logit rows predicting `ids[start..]`.
+fn batch_rows(m: &Model, batch: &[&Job]) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
     let t = batch.iter().map(|j| j.ids.len()).max().unwrap_or(1);
     let b = batch.len();
     let mut ids = Vec::with_capacity(b * t);
@@ -725,26 +729,34 @@ fn final_hidden(m: &Model, batch: &[&Job]) -> Result<Tensor, RuntimeError> {
     let cerr = |err| RuntimeError::Candle { context: "teacher forcing".into(), err };
     let input = Tensor::from_vec(ids, (b, t), &dev).map_err(cerr)?;
     let mask = Tensor::from_vec(mask, (b, t), &dev).map_err(cerr)?;
-    let out = m.decoder().forward(&input, Some(&mask), &ForwardOptions { hidden_states: true, differentiable: false, logits: Logits::None })?;
-    out.hidden.last().cloned().ok_or_else(|| RuntimeError::Invalid("teacher forcing: no hidden states returned".into()))
-}
-
-/// Logit rows predicting `ids[start..]` of row `i` of a batch's final hidden states.
-fn rows_for(m: &Model, hidden: &Tensor, i: usize, job: &Job) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    let cerr = |err| RuntimeError::Candle { context: "teacher forcing".into(), err };
-    let n = job.ids.len() - job.start;
-    let h = hidden.narrow(0, i, 1).and_then(|h| h.narrow(1, job.start - 1, n)).map_err(cerr)?;
-    let logits = m.decoder().unembed(&h)?;
-    logits.squeeze(0).and_then(|l| l.to_vec2::<f32>()).map_err(cerr)
+    let whole = b * t * m.config().vocab_size <= MAX_BATCH_LOGITS;
+    let opts = if whole {
+        ForwardOptions { hidden_states: false, differentiable: false, logits: Logits::All }
+    } else {
+        ForwardOptions { hidden_states: true, differentiable: false, logits: Logits::None }
+    };
+    let out = m.decoder().forward(&input, Some(&mask), &opts)?;
+    if whole {
+        let all = out.logits.to_vec3::<f32>().map_err(cerr)?;
+        return Ok(batch.iter().zip(all).map(|(j, rows)| rows[j.start - 1..j.ids.len() - 1].to_vec()).collect());
+    }
+    let hidden = out.hidden.last().cloned().ok_or_else(|| RuntimeError::Invalid("teacher forcing: no hidden states returned".into()))?;
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let n = job.ids.len() - job.start;
+            let h = hidden.narrow(0, i, 1).and_then(|h| h.narrow(1, job.start - 1, n)).map_err(cerr)?;
+            m.decoder().unembed(&h)?.squeeze(0).and_then(|l| l.to_vec2::<f32>()).map_err(cerr)
+        })
+        .collect()
 }
 
 fn score_batch(cand: &Model, base: &Model, batch: &[&Job]) -> Result<Vec<Scored>, RuntimeError> {
-    let hc = final_hidden(cand, batch)?;
-    let hb = final_hidden(base, batch)?;
+    let all_c = batch_rows(cand, batch)?;
+    let all_b = batch_rows(base, batch)?;
     let mut out = Vec::with_capacity(batch.len());
-    for (i, job) in batch.iter().enumerate() {
-        let rc = rows_for(cand, &hc, i, job)?;
-        let rb = rows_for(base, &hb, i, job)?;
+    for ((job, rc), rb) in batch.iter().zip(all_c).zip(all_b) {
         // Positions are independent: compare them in parallel (vocabulary-sized rows), collected in order.
         let compared: Vec<Compared> = rc
             .par_iter()
