@@ -32,7 +32,11 @@ fn assert_error(out: &Output, dir: &Path, needles: &[&str]) {
 fn malformed_suite() {
     let dir = tempfile::tempdir().unwrap();
     let suite = dir.path().join("bad.yaml");
-    std::fs::write(&suite, "schema: trapdoor.suite/v1\nname: bad\nversion: 1.0.0\nprobes:\n  - kind: drift\n    id: d\n    promts: [a]\n").unwrap();
+    std::fs::write(
+        &suite,
+        "schema: trapdoor.suite/v1\nname: bad\nversion: 1.0.0\nprobes:\n  - kind: drift\n    id: d\n    promts: [a]\n",
+    )
+    .unwrap();
     let out = scan(&dir.path().join("out"), &["--suite", suite.to_str().unwrap()]);
     assert_error(&out, &dir.path().join("out"), &["bad.yaml", "promts"]);
 }

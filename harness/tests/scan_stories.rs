@@ -131,7 +131,9 @@ fn differing_token_maps_after_loading() {
     };
     let r = scan_loaded(&cfg, &tamper, &base, AuditSection { passed: Some(false), findings: vec![finding] }).unwrap();
     assert_eq!(r.decision, Decision::Fail);
-    assert!(matches!(&r.record.stages.probes, StageStatus::Skipped { reason } if reason.contains("tokenizer/vocab-swap")));
+    assert!(
+        matches!(&r.record.stages.probes, StageStatus::Skipped { reason } if reason.contains("tokenizer/vocab-swap"))
+    );
     assert!(r.record.cases.is_empty());
 }
 
@@ -147,9 +149,13 @@ fn every_shipped_suite_checks_and_scans() {
     for (file, _) in trapdoor_probes::shipped::SHIPPED {
         assert!(suites.contains(&format!("embedded:{file}").as_str()), "{file} in {suites:?}");
         let name = file.trim_end_matches(".yaml");
-        let cases: Vec<&serde_json::Value> = r["cases"].as_array().unwrap().iter().filter(|c| c["suite"] == name).collect();
+        let cases: Vec<&serde_json::Value> =
+            r["cases"].as_array().unwrap().iter().filter(|c| c["suite"] == name).collect();
         assert!(!cases.is_empty(), "{name} produced cases");
-        assert!(cases.iter().all(|c| c["error"].is_null() && c["candidate"].is_object() && c["divergence"].is_object()), "{name}");
+        assert!(
+            cases.iter().all(|c| c["error"].is_null() && c["candidate"].is_object() && c["divergence"].is_object()),
+            "{name}"
+        );
     }
     assert_eq!(r["stages"]["probes"]["status"], "ran");
     let tests = r["tests"].as_array().unwrap();

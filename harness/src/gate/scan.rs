@@ -285,7 +285,9 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
             let mut adapter_files = Vec::new();
             for f in &report.files {
                 match f.path.strip_prefix("adapter/") {
-                    Some(rest) => adapter_files.push(FileRef { path: rest.into(), sha256: f.sha256.clone(), bytes: f.bytes }),
+                    Some(rest) => {
+                        adapter_files.push(FileRef { path: rest.into(), sha256: f.sha256.clone(), bytes: f.bytes })
+                    }
                     None => files.push(FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes }),
                 }
             }
@@ -329,8 +331,11 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
     let t = Instant::now();
     let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?)
         .map_err(|source| ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source })?;
-    let baseline = Model::load(&cfg.baseline, &cfg.load_options(None)?)
-        .map_err(|source| ScanError::Load { which: "baseline", spec: cfg.baseline.clone(), source })?;
+    let baseline = Model::load(&cfg.baseline, &cfg.load_options(None)?).map_err(|source| ScanError::Load {
+        which: "baseline",
+        spec: cfg.baseline.clone(),
+        source,
+    })?;
     lap(&mut timing, "load", t);
 
     let mut record = scan_record(cfg, &suites, &candidate, &baseline, section, &mut timing)?;
@@ -347,14 +352,20 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
 /// A scan of already-loaded models (selftest reuses one loaded baseline across many candidates). `audit` is the
 /// stage-0 result the caller obtained for this candidate; the scan does not stop on it (the caller decided to load),
 /// but its findings count in the verdict.
-pub fn scan_loaded(cfg: &ScanConfig, candidate: &Model, baseline: &Model, audit: AuditSection) -> Result<ScanResult, ScanError> {
+pub fn scan_loaded(
+    cfg: &ScanConfig,
+    candidate: &Model,
+    baseline: &Model,
+    audit: AuditSection,
+) -> Result<ScanResult, ScanError> {
     let t0 = Instant::now();
     let mut timing = Timing::default();
     let suites = load_suites(&cfg.suites)?;
     lap(&mut timing, "suites", t0);
     let ran = audit.passed.is_some();
     let mut record = scan_record(cfg, &suites, candidate, baseline, audit, &mut timing)?;
-    record.stages.audit = if ran { StageStatus::ran() } else { StageStatus::skipped("the caller did not audit the files") };
+    record.stages.audit =
+        if ran { StageStatus::ran() } else { StageStatus::skipped("the caller did not audit the files") };
     finish(cfg, record, timing, t0)
 }
 
@@ -530,12 +541,13 @@ fn model_ref(spec: &str, m: &Model) -> ModelRef {
         .filter(|f| !f.role.starts_with("adapter"))
         .map(|f| FileRef { path: rel(&f.path), sha256: f.sha256.clone().unwrap_or_default(), bytes: f.bytes })
         .collect();
-    let tokenizer_sha256 = info
-        .files
-        .iter()
-        .find(|f| f.role == "tokenizer")
-        .and_then(|f| f.sha256.clone())
-        .or_else(|| m.tokenizer().ok().and_then(|t| t.to_string(false).ok()).map(|s| crate::util::digest::sha256_hex(s.as_bytes())));
+    let tokenizer_sha256 =
+        info.files.iter().find(|f| f.role == "tokenizer").and_then(|f| f.sha256.clone()).or_else(|| {
+            m.tokenizer()
+                .ok()
+                .and_then(|t| t.to_string(false).ok())
+                .map(|s| crate::util::digest::sha256_hex(s.as_bytes()))
+        });
     let mut r = ModelRef::new(spec, kind);
     r.revision = info.revision.clone();
     r.files = files;
@@ -545,7 +557,8 @@ fn model_ref(spec: &str, m: &Model) -> ModelRef {
     r.vocab_size = Some(info.config.vocab_size as u64);
     r.tokenizer_sha256 = tokenizer_sha256;
     if let Some(a) = &info.adapter {
-        let mut modules: Vec<String> = a.modules.keys().map(|m| m.rsplit('.').next().unwrap_or(m).to_string()).collect();
+        let mut modules: Vec<String> =
+            a.modules.keys().map(|m| m.rsplit('.').next().unwrap_or(m).to_string()).collect();
         modules.sort();
         modules.dedup();
         r.adapter = Some(AdapterRef {
@@ -590,7 +603,8 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
         if tc.is_file() {
             let text = std::fs::read_to_string(&tc).map_err(|e| err(format!("{}: {e}", tc.display())))?;
             let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", tc.display())))?;
-            let t = chat_template::templates_from_tokenizer_config(&v).map_err(|e| err(format!("{}: {e}", tc.display())))?;
+            let t = chat_template::templates_from_tokenizer_config(&v)
+                .map_err(|e| err(format!("{}: {e}", tc.display())))?;
             source = t.get("default").cloned().or_else(|| t.values().next().cloned());
             special = chat_template::special_tokens_from_tokenizer_config(&v);
         }
@@ -603,7 +617,9 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
         source = h.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
         let tokens = h.metadata.get("tokenizer.ggml.tokens").and_then(|t| t.as_array());
         if let Some(tokens) = tokens {
-            for (key, name) in [("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token")] {
+            for (key, name) in
+                [("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token")]
+            {
                 let id = h.metadata.get(key).and_then(|v| v.as_u64());
                 if let Some(id) = id {
                     if let Some(s) = match tokens {
@@ -618,7 +634,8 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
     }
     // The tokenizer adds BOS itself when encoding; a template that writes `{{ bos_token }}` must not add a second.
     special.insert("bos_token".into(), String::new());
-    let model = source.map(|s| chat_template::ChatTemplate::new("baseline", &s)).transpose().map_err(|e| err(e.to_string()))?;
+    let model =
+        source.map(|s| chat_template::ChatTemplate::new("baseline", &s)).transpose().map_err(|e| err(e.to_string()))?;
     Ok(Templates { model, special })
 }
 
@@ -740,7 +757,11 @@ fn batch_rows(m: &Model, batch: &[&Job]) -> Result<Vec<Vec<Vec<f32>>>, RuntimeEr
         let all = out.logits.to_vec3::<f32>().map_err(cerr)?;
         return Ok(batch.iter().zip(all).map(|(j, rows)| rows[j.start - 1..j.ids.len() - 1].to_vec()).collect());
     }
-    let hidden = out.hidden.last().cloned().ok_or_else(|| RuntimeError::Invalid("teacher forcing: no hidden states returned".into()))?;
+    let hidden = out
+        .hidden
+        .last()
+        .cloned()
+        .ok_or_else(|| RuntimeError::Invalid("teacher forcing: no hidden states returned".into()))?;
     batch
         .iter()
         .enumerate()
@@ -803,7 +824,9 @@ fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(what.to_string());
@@ -837,14 +860,20 @@ fn scan_record(
             cfg.candidate, cfg.baseline
         )));
     }
-    let mut record = RunRecord::new(model_ref(&cfg.candidate, candidate), model_ref(&cfg.baseline, baseline), cfg.policy.policy_ref(), settings(cfg));
+    let mut record = RunRecord::new(
+        model_ref(&cfg.candidate, candidate),
+        model_ref(&cfg.baseline, baseline),
+        cfg.policy.policy_ref(),
+        settings(cfg),
+    );
     record.command = cfg.command.clone();
     record.stages = rec::Stages::not_run("not run");
     record.suites = suites.iter().map(suite_ref).collect();
     record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
 
     if !same_vocabulary(candidate, baseline)? {
-        let reported: Vec<&rec::Finding> = audit_section.findings.iter().filter(|f| f.rule.starts_with("tokenizer/")).collect();
+        let reported: Vec<&rec::Finding> =
+            audit_section.findings.iter().filter(|f| f.rule.starts_with("tokenizer/")).collect();
         if reported.is_empty() {
             return Err(ScanError::VocabularyMismatch(format!(
                 "the tokenizers of candidate `{}` and baseline `{}` map tokens to different ids and the audit did not \
@@ -872,13 +901,9 @@ fn scan_record(
     // Encode every case's prompt once; identical (ids, length) prompts are generated once per model.
     let mut prompt_ids: Vec<Result<(Vec<u32>, usize), String>> = Vec::with_capacity(cases.len());
     for c in &cases {
-        let r = render_prompt(c, &templates).and_then(|text| baseline.encode(&text, true).map_err(|e| e.to_string())).and_then(|ids| {
-            if ids.is_empty() {
-                Err("the prompt encodes to no tokens".to_string())
-            } else {
-                Ok(ids)
-            }
-        });
+        let r = render_prompt(c, &templates)
+            .and_then(|text| baseline.encode(&text, true).map_err(|e| e.to_string()))
+            .and_then(|ids| if ids.is_empty() { Err("the prompt encodes to no tokens".to_string()) } else { Ok(ids) });
         let max_new = (c.generation.max_new_tokens as usize).min(cfg.max_new_tokens);
         prompt_ids.push(r.map(|ids| (ids, max_new)));
     }
@@ -976,12 +1001,14 @@ fn scan_record(
     for (c, p) in cases.iter().zip(&prompt_ids) {
         let variant = match &c.variant {
             trapdoor_probes::Variant::Clean => rec::Variant::Clean,
-            trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => rec::Variant::Triggered {
-                trigger_id: trigger_id.clone(),
-                trigger_text: trigger_text.clone(),
-                position: record_position(*position),
-                char_offset: *char_offset as u32,
-            },
+            trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => {
+                rec::Variant::Triggered {
+                    trigger_id: trigger_id.clone(),
+                    trigger_text: trigger_text.clone(),
+                    position: record_position(*position),
+                    char_offset: *char_offset as u32,
+                }
+            }
         };
         let mut cr = CaseResult {
             id: c.id.clone(),
@@ -1032,14 +1059,23 @@ fn scan_record(
                         rec::Side::Candidate => &s.lp_cand,
                         rec::Side::Baseline => &s.lp_base,
                     };
-                    Some(TargetScore { target: tg.text.clone(), logprob: Real(lp.iter().sum()), tokens: tids.len() as u32 })
+                    Some(TargetScore {
+                        target: tg.text.clone(),
+                        logprob: Real(lp.iter().sum()),
+                        tokens: tids.len() as u32,
+                    })
                 })
                 .collect();
-            let stop = if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
+            let stop =
+                if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
             outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
         }
         let along = |cont: &Vec<u32>| -> DivergenceTrace {
-            let s = if cont.is_empty() { &empty } else { jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty) };
+            let s = if cont.is_empty() {
+                &empty
+            } else {
+                jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty)
+            };
             trace(s)
         };
         cr.divergence = Some(Divergence { along_candidate: along(&gen_c[k]), along_baseline: along(&gen_b[k]) });
@@ -1056,10 +1092,18 @@ fn scan_record(
 }
 
 /// The trigger search, when the policy enables it.
-fn trigger_search_stage(cfg: &ScanConfig, record: &mut RunRecord, candidate: &Model, baseline: &Model, cases: &[Case], timing: &mut Timing) {
+fn trigger_search_stage(
+    cfg: &ScanConfig,
+    record: &mut RunRecord,
+    candidate: &Model,
+    baseline: &Model,
+    cases: &[Case],
+    timing: &mut Timing,
+) {
     let stage = cfg.policy.policy.stages.trigger_search.clone();
     if !stage.enabled {
-        record.stages.trigger_search = StageStatus::skipped("disabled by the policy (stages.trigger_search.enabled: false)");
+        record.stages.trigger_search =
+            StageStatus::skipped("disabled by the policy (stages.trigger_search.enabled: false)");
         return;
     }
     let t = Instant::now();
@@ -1089,7 +1133,9 @@ fn trigger_search_stage(cfg: &ScanConfig, record: &mut RunRecord, candidate: &Mo
             record.trigger_search = Some(ts);
             record.stages.trigger_search = StageStatus::ran();
         }
-        Err(e @ crate::invert::InvertError::NotBuilt) => record.stages.trigger_search = StageStatus::skipped(e.to_string()),
+        Err(e @ crate::invert::InvertError::NotBuilt) => {
+            record.stages.trigger_search = StageStatus::skipped(e.to_string())
+        }
         Err(e) => record.stages.trigger_search = StageStatus::error(e.to_string()),
     }
     lap(timing, "trigger_search", t);
@@ -1108,7 +1154,8 @@ fn inside_stage(
     let stages = &cfg.policy.policy.stages;
     let (want_w, want_a) = (stages.weight_delta.enabled, stages.activations.enabled);
     if !want_w {
-        record.stages.weight_delta = StageStatus::skipped("disabled by the policy (stages.weight_delta.enabled: false)");
+        record.stages.weight_delta =
+            StageStatus::skipped("disabled by the policy (stages.weight_delta.enabled: false)");
     }
     if !want_a {
         record.stages.activations = StageStatus::skipped("disabled by the policy (stages.activations.enabled: false)");
