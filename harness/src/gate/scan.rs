@@ -112,7 +112,7 @@ impl ScanConfig {
     }
 
     fn load_options(&self, adapter: Option<PathBuf>) -> Result<LoadOptions, ScanError> {
-        let device = self.device.open().map_err(ScanError::Runtime)?;
+        let device = self.device.open().map_err(ScanError::from)?;
         Ok(LoadOptions { dtype: self.dtype, device, adapter, allow_network: false, hash_files: true })
     }
 }
@@ -164,16 +164,16 @@ pub enum ScanError {
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
     #[error("--lock: {0}")]
-    Lock(#[from] audit::LockError),
+    Lock(Box<audit::LockError>),
     #[error("{which} `{spec}`: {source}")]
     Load {
         which: &'static str,
         spec: String,
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     #[error("{0}")]
-    Runtime(#[from] RuntimeError),
+    Runtime(Box<RuntimeError>),
     #[error("vocabulary mismatch: {0}")]
     VocabularyMismatch(String),
     #[error("{0}")]
@@ -183,6 +183,21 @@ pub enum ScanError {
     #[error("{0}")]
     Write(#[from] trapdoor_reports::io::WriteError),
 }
+
+impl From<RuntimeError> for ScanError {
+    fn from(e: RuntimeError) -> Self {
+        ScanError::Runtime(Box::new(e))
+    }
+}
+
+impl From<audit::LockError> for ScanError {
+    fn from(e: audit::LockError) -> Self {
+        ScanError::Lock(Box::new(e))
+    }
+}
+
+/// A case's prompt as token ids with its generation length, or why it could not be encoded.
+pub(crate) type PromptIds = Result<(Vec<u32>, usize), String>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Entry points
@@ -329,12 +344,13 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
     }
 
     let t = Instant::now();
-    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?)
-        .map_err(|source| ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source })?;
+    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?).map_err(|source| {
+        ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source: Box::new(source) }
+    })?;
     let baseline = Model::load(&cfg.baseline, &cfg.load_options(None)?).map_err(|source| ScanError::Load {
         which: "baseline",
         spec: cfg.baseline.clone(),
-        source,
+        source: Box::new(source),
     })?;
     lap(&mut timing, "load", t);
 
@@ -835,7 +851,7 @@ fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar
 
 /// Token → id maps of both tokenizers are equal.
 fn same_vocabulary(c: &Model, b: &Model) -> Result<bool, ScanError> {
-    let (tc, tb) = (c.tokenizer().map_err(ScanError::Runtime)?, b.tokenizer().map_err(ScanError::Runtime)?);
+    let (tc, tb) = (c.tokenizer().map_err(ScanError::from)?, b.tokenizer().map_err(ScanError::from)?);
     let vc: BTreeMap<String, u32> = tc.get_vocab(true).into_iter().collect();
     let vb: BTreeMap<String, u32> = tb.get_vocab(true).into_iter().collect();
     Ok(vc == vb)
@@ -899,7 +915,7 @@ fn scan_record(
         cases.extend(s.suite.expand_with_seed(Some(cfg.seed)));
     }
     // Encode every case's prompt once; identical (ids, length) prompts are generated once per model.
-    let mut prompt_ids: Vec<Result<(Vec<u32>, usize), String>> = Vec::with_capacity(cases.len());
+    let mut prompt_ids: Vec<PromptIds> = Vec::with_capacity(cases.len());
     for c in &cases {
         let r = render_prompt(c, &templates)
             .and_then(|text| baseline.encode(&text, true).map_err(|e| e.to_string()))
@@ -994,7 +1010,7 @@ fn scan_record(
     lap(timing, "teacher_forcing", t);
 
     // Cases.
-    let decode = |ids: &[u32]| baseline.decode(ids).map_err(ScanError::Runtime);
+    let decode = |ids: &[u32]| baseline.decode(ids).map_err(ScanError::from);
     let eos_c = candidate.eos_tokens();
     let eos_b = baseline.eos_tokens();
     let empty = Scored::default();
@@ -1148,7 +1164,7 @@ fn inside_stage(
     candidate: &Model,
     baseline: &Model,
     cases: &[Case],
-    prompt_ids: &[Result<(Vec<u32>, usize), String>],
+    prompt_ids: &[PromptIds],
     timing: &mut Timing,
 ) {
     let stages = &cfg.policy.policy.stages;

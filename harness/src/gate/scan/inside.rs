@@ -134,7 +134,7 @@ pub fn run(
     candidate: &Model,
     baseline: &Model,
     cases: &[Case],
-    prompt_ids: &[Result<(Vec<u32>, usize), String>],
+    prompt_ids: &[super::PromptIds],
     want_weights: bool,
     want_activations: bool,
     seed: u64,
