@@ -65,7 +65,11 @@ impl Args {
             self.max_new_tokens,
             trapdoor_probes::kinds::MAX_NEW_TOKENS
         );
-        anyhow::ensure!((1..=1024).contains(&self.batch_size), "--batch-size {}: must be between 1 and 1024", self.batch_size);
+        anyhow::ensure!(
+            (1..=1024).contains(&self.batch_size),
+            "--batch-size {}: must be between 1 and 1024",
+            self.batch_size
+        );
         let device = DeviceSpec::parse(&self.device)?;
         let dtype = parse_dtype(&self.dtype)?;
         let policy = match &self.policy {

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use trapdoor_probes::{shipped, Case, Suite, SuiteError};
@@ -111,7 +112,7 @@ impl ScanConfig {
     }
 
     fn load_options(&self, adapter: Option<PathBuf>) -> Result<LoadOptions, ScanError> {
-        let device = self.device.open().map_err(ScanError::Runtime)?;
+        let device = self.device.open().map_err(ScanError::from)?;
         Ok(LoadOptions { dtype: self.dtype, device, adapter, allow_network: false, hash_files: true })
     }
 }
@@ -163,16 +164,16 @@ pub enum ScanError {
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
     #[error("--lock: {0}")]
-    Lock(#[from] audit::LockError),
+    Lock(Box<audit::LockError>),
     #[error("{which} `{spec}`: {source}")]
     Load {
         which: &'static str,
         spec: String,
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     #[error("{0}")]
-    Runtime(#[from] RuntimeError),
+    Runtime(Box<RuntimeError>),
     #[error("vocabulary mismatch: {0}")]
     VocabularyMismatch(String),
     #[error("{0}")]
@@ -182,6 +183,21 @@ pub enum ScanError {
     #[error("{0}")]
     Write(#[from] trapdoor_reports::io::WriteError),
 }
+
+impl From<RuntimeError> for ScanError {
+    fn from(e: RuntimeError) -> Self {
+        ScanError::Runtime(Box::new(e))
+    }
+}
+
+impl From<audit::LockError> for ScanError {
+    fn from(e: audit::LockError) -> Self {
+        ScanError::Lock(Box::new(e))
+    }
+}
+
+/// A case's prompt as token ids with its generation length, or why it could not be encoded.
+pub(crate) type PromptIds = Result<(Vec<u32>, usize), String>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Entry points
@@ -284,7 +300,9 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
             let mut adapter_files = Vec::new();
             for f in &report.files {
                 match f.path.strip_prefix("adapter/") {
-                    Some(rest) => adapter_files.push(FileRef { path: rest.into(), sha256: f.sha256.clone(), bytes: f.bytes }),
+                    Some(rest) => {
+                        adapter_files.push(FileRef { path: rest.into(), sha256: f.sha256.clone(), bytes: f.bytes })
+                    }
                     None => files.push(FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes }),
                 }
             }
@@ -326,10 +344,14 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
     }
 
     let t = Instant::now();
-    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?)
-        .map_err(|source| ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source })?;
-    let baseline = Model::load(&cfg.baseline, &cfg.load_options(None)?)
-        .map_err(|source| ScanError::Load { which: "baseline", spec: cfg.baseline.clone(), source })?;
+    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?).map_err(|source| {
+        ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source: Box::new(source) }
+    })?;
+    let baseline = Model::load(&cfg.baseline, &cfg.load_options(None)?).map_err(|source| ScanError::Load {
+        which: "baseline",
+        spec: cfg.baseline.clone(),
+        source: Box::new(source),
+    })?;
     lap(&mut timing, "load", t);
 
     let mut record = scan_record(cfg, &suites, &candidate, &baseline, section, &mut timing)?;
@@ -346,14 +368,20 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
 /// A scan of already-loaded models (selftest reuses one loaded baseline across many candidates). `audit` is the
 /// stage-0 result the caller obtained for this candidate; the scan does not stop on it (the caller decided to load),
 /// but its findings count in the verdict.
-pub fn scan_loaded(cfg: &ScanConfig, candidate: &Model, baseline: &Model, audit: AuditSection) -> Result<ScanResult, ScanError> {
+pub fn scan_loaded(
+    cfg: &ScanConfig,
+    candidate: &Model,
+    baseline: &Model,
+    audit: AuditSection,
+) -> Result<ScanResult, ScanError> {
     let t0 = Instant::now();
     let mut timing = Timing::default();
     let suites = load_suites(&cfg.suites)?;
     lap(&mut timing, "suites", t0);
     let ran = audit.passed.is_some();
     let mut record = scan_record(cfg, &suites, candidate, baseline, audit, &mut timing)?;
-    record.stages.audit = if ran { StageStatus::ran() } else { StageStatus::skipped("the caller did not audit the files") };
+    record.stages.audit =
+        if ran { StageStatus::ran() } else { StageStatus::skipped("the caller did not audit the files") };
     finish(cfg, record, timing, t0)
 }
 
@@ -529,12 +557,13 @@ fn model_ref(spec: &str, m: &Model) -> ModelRef {
         .filter(|f| !f.role.starts_with("adapter"))
         .map(|f| FileRef { path: rel(&f.path), sha256: f.sha256.clone().unwrap_or_default(), bytes: f.bytes })
         .collect();
-    let tokenizer_sha256 = info
-        .files
-        .iter()
-        .find(|f| f.role == "tokenizer")
-        .and_then(|f| f.sha256.clone())
-        .or_else(|| m.tokenizer().ok().and_then(|t| t.to_string(false).ok()).map(|s| crate::util::digest::sha256_hex(s.as_bytes())));
+    let tokenizer_sha256 =
+        info.files.iter().find(|f| f.role == "tokenizer").and_then(|f| f.sha256.clone()).or_else(|| {
+            m.tokenizer()
+                .ok()
+                .and_then(|t| t.to_string(false).ok())
+                .map(|s| crate::util::digest::sha256_hex(s.as_bytes()))
+        });
     let mut r = ModelRef::new(spec, kind);
     r.revision = info.revision.clone();
     r.files = files;
@@ -544,7 +573,8 @@ fn model_ref(spec: &str, m: &Model) -> ModelRef {
     r.vocab_size = Some(info.config.vocab_size as u64);
     r.tokenizer_sha256 = tokenizer_sha256;
     if let Some(a) = &info.adapter {
-        let mut modules: Vec<String> = a.modules.keys().map(|m| m.rsplit('.').next().unwrap_or(m).to_string()).collect();
+        let mut modules: Vec<String> =
+            a.modules.keys().map(|m| m.rsplit('.').next().unwrap_or(m).to_string()).collect();
         modules.sort();
         modules.dedup();
         r.adapter = Some(AdapterRef {
@@ -589,7 +619,8 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
         if tc.is_file() {
             let text = std::fs::read_to_string(&tc).map_err(|e| err(format!("{}: {e}", tc.display())))?;
             let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", tc.display())))?;
-            let t = chat_template::templates_from_tokenizer_config(&v).map_err(|e| err(format!("{}: {e}", tc.display())))?;
+            let t = chat_template::templates_from_tokenizer_config(&v)
+                .map_err(|e| err(format!("{}: {e}", tc.display())))?;
             source = t.get("default").cloned().or_else(|| t.values().next().cloned());
             special = chat_template::special_tokens_from_tokenizer_config(&v);
         }
@@ -602,7 +633,9 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
         source = h.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
         let tokens = h.metadata.get("tokenizer.ggml.tokens").and_then(|t| t.as_array());
         if let Some(tokens) = tokens {
-            for (key, name) in [("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token")] {
+            for (key, name) in
+                [("tokenizer.ggml.bos_token_id", "bos_token"), ("tokenizer.ggml.eos_token_id", "eos_token")]
+            {
                 let id = h.metadata.get(key).and_then(|v| v.as_u64());
                 if let Some(id) = id {
                     if let Some(s) = match tokens {
@@ -617,7 +650,8 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
     }
     // The tokenizer adds BOS itself when encoding; a template that writes `{{ bos_token }}` must not add a second.
     special.insert("bos_token".into(), String::new());
-    let model = source.map(|s| chat_template::ChatTemplate::new("baseline", &s)).transpose().map_err(|e| err(e.to_string()))?;
+    let model =
+        source.map(|s| chat_template::ChatTemplate::new("baseline", &s)).transpose().map_err(|e| err(e.to_string()))?;
     Ok(Templates { model, special })
 }
 
@@ -664,22 +698,35 @@ struct Scored {
     lp_base: Vec<f64>,
 }
 
-fn log_softmax(row: &[f32]) -> Vec<f64> {
+/// Probabilities and log-probabilities of a logit row, in f64 (one `exp` per entry).
+fn softmax_parts(row: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+    let e: Vec<f64> = row.iter().map(|&x| (x as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
     let lse = m + s.ln();
-    row.iter().map(|&x| x as f64 - lse).collect()
+    let p = e.iter().map(|x| x / s).collect();
+    let lp = row.iter().map(|&x| x as f64 - lse).collect();
+    (p, lp)
 }
 
-/// JS, KL(c‖b), KL(b‖c) in nats and whether the argmaxes agree, from two logit rows.
-fn compare_rows(c: &[f32], b: &[f32]) -> (f64, f64, f64, bool, Vec<f64>, Vec<f64>) {
-    let lc = log_softmax(c);
-    let lb = log_softmax(b);
+/// One position compared: JS, KL(c‖b), KL(b‖c) in nats, whether the argmaxes agree, and the log-probability of
+/// the actual next token under each model.
+type Compared = (f64, f64, f64, bool, f64, f64);
+
+/// Compare two logit rows at one position; `tok` is the token that actually follows.
+fn compare_rows(c: &[f32], b: &[f32], tok: usize) -> Compared {
+    let (pc, lc) = softmax_parts(c);
+    let (pb, lb) = softmax_parts(b);
     let (mut kl_cb, mut kl_bc, mut js) = (0.0, 0.0, 0.0);
-    for (&x, &y) in lc.iter().zip(&lb) {
-        let (p, q) = (x.exp(), y.exp());
-        kl_cb += if p > 0.0 { p * (x - y) } else { 0.0 };
-        kl_bc += if q > 0.0 { q * (y - x) } else { 0.0 };
+    for i in 0..pc.len() {
+        let (p, q, x, y) = (pc[i], pb[i], lc[i], lb[i]);
+        let d = x - y;
+        if p > 0.0 {
+            kl_cb += p * d;
+        }
+        if q > 0.0 {
+            kl_bc -= q * d;
+        }
         let m = 0.5 * (p + q);
         if m > 0.0 {
             let lm = m.ln();
@@ -692,11 +739,15 @@ fn compare_rows(c: &[f32], b: &[f32]) -> (f64, f64, f64, bool, Vec<f64>, Vec<f64
         }
     }
     let agree = crate::runtime::generate::argmax(c) == crate::runtime::generate::argmax(b);
-    (js.clamp(0.0, std::f64::consts::LN_2), kl_cb.max(0.0), kl_bc.max(0.0), agree, lc, lb)
+    (js.clamp(0.0, std::f64::consts::LN_2), kl_cb.max(0.0), kl_bc.max(0.0), agree, lc[tok], lb[tok])
 }
 
-/// Final hidden states `[B, T, D]` of a right-padded batch.
-fn final_hidden(m: &Model, batch: &[&Job]) -> Result<Tensor, RuntimeError> {
+/// Largest `B × T × V` logits tensor computed in one piece; larger batches (big vocabularies) go through the final
+/// hidden states and unembed only the positions that are read.
+const MAX_BATCH_LOGITS: usize = 32 << 20;
+
+/// For each job of a right-padded batch, the logit rows predicting `ids[start..]`.
+fn batch_rows(m: &Model, batch: &[&Job]) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
     let t = batch.iter().map(|j| j.ids.len()).max().unwrap_or(1);
     let b = batch.len();
     let mut ids = Vec::with_capacity(b * t);
@@ -711,36 +762,53 @@ fn final_hidden(m: &Model, batch: &[&Job]) -> Result<Tensor, RuntimeError> {
     let cerr = |err| RuntimeError::Candle { context: "teacher forcing".into(), err };
     let input = Tensor::from_vec(ids, (b, t), &dev).map_err(cerr)?;
     let mask = Tensor::from_vec(mask, (b, t), &dev).map_err(cerr)?;
-    let out = m.decoder().forward(&input, Some(&mask), &ForwardOptions { hidden_states: true, differentiable: false, logits: Logits::None })?;
-    out.hidden.last().cloned().ok_or_else(|| RuntimeError::Invalid("teacher forcing: no hidden states returned".into()))
-}
-
-/// Logit rows predicting `ids[start..]` of row `i` of a batch's final hidden states.
-fn rows_for(m: &Model, hidden: &Tensor, i: usize, job: &Job) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    let cerr = |err| RuntimeError::Candle { context: "teacher forcing".into(), err };
-    let n = job.ids.len() - job.start;
-    let h = hidden.narrow(0, i, 1).and_then(|h| h.narrow(1, job.start - 1, n)).map_err(cerr)?;
-    let logits = m.decoder().unembed(&h)?;
-    logits.squeeze(0).and_then(|l| l.to_vec2::<f32>()).map_err(cerr)
+    let whole = b * t * m.config().vocab_size <= MAX_BATCH_LOGITS;
+    let opts = if whole {
+        ForwardOptions { hidden_states: false, differentiable: false, logits: Logits::All }
+    } else {
+        ForwardOptions { hidden_states: true, differentiable: false, logits: Logits::None }
+    };
+    let out = m.decoder().forward(&input, Some(&mask), &opts)?;
+    if whole {
+        let all = out.logits.to_vec3::<f32>().map_err(cerr)?;
+        return Ok(batch.iter().zip(all).map(|(j, rows)| rows[j.start - 1..j.ids.len() - 1].to_vec()).collect());
+    }
+    let hidden = out
+        .hidden
+        .last()
+        .cloned()
+        .ok_or_else(|| RuntimeError::Invalid("teacher forcing: no hidden states returned".into()))?;
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let n = job.ids.len() - job.start;
+            let h = hidden.narrow(0, i, 1).and_then(|h| h.narrow(1, job.start - 1, n)).map_err(cerr)?;
+            m.decoder().unembed(&h)?.squeeze(0).and_then(|l| l.to_vec2::<f32>()).map_err(cerr)
+        })
+        .collect()
 }
 
 fn score_batch(cand: &Model, base: &Model, batch: &[&Job]) -> Result<Vec<Scored>, RuntimeError> {
-    let hc = final_hidden(cand, batch)?;
-    let hb = final_hidden(base, batch)?;
+    let all_c = batch_rows(cand, batch)?;
+    let all_b = batch_rows(base, batch)?;
     let mut out = Vec::with_capacity(batch.len());
-    for (i, job) in batch.iter().enumerate() {
-        let rc = rows_for(cand, &hc, i, job)?;
-        let rb = rows_for(base, &hb, i, job)?;
+    for ((job, rc), rb) in batch.iter().zip(all_c).zip(all_b) {
+        // Positions are independent: compare them in parallel (vocabulary-sized rows), collected in order.
+        let compared: Vec<Compared> = rc
+            .par_iter()
+            .zip(rb.par_iter())
+            .enumerate()
+            .map(|(k, (c, b))| compare_rows(c, b, job.ids[job.start + k] as usize))
+            .collect();
         let mut s = Scored::default();
-        for (k, (c, b)) in rc.iter().zip(&rb).enumerate() {
-            let tok = job.ids[job.start + k] as usize;
-            let (js, kcb, kbc, agree, lc, lb) = compare_rows(c, b);
+        for (js, kcb, kbc, agree, lc, lb) in compared {
             s.js.push(js);
             s.kl_cb.push(kcb);
             s.kl_bc.push(kbc);
             s.agree.push(agree);
-            s.lp_cand.push(lc[tok]);
-            s.lp_base.push(lb[tok]);
+            s.lp_cand.push(lc);
+            s.lp_base.push(lb);
         }
         out.push(s);
     }
@@ -773,7 +841,9 @@ fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(what.to_string());
@@ -782,7 +852,7 @@ fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar
 
 /// Token → id maps of both tokenizers are equal.
 fn same_vocabulary(c: &Model, b: &Model) -> Result<bool, ScanError> {
-    let (tc, tb) = (c.tokenizer().map_err(ScanError::Runtime)?, b.tokenizer().map_err(ScanError::Runtime)?);
+    let (tc, tb) = (c.tokenizer().map_err(ScanError::from)?, b.tokenizer().map_err(ScanError::from)?);
     let vc: BTreeMap<String, u32> = tc.get_vocab(true).into_iter().collect();
     let vb: BTreeMap<String, u32> = tb.get_vocab(true).into_iter().collect();
     Ok(vc == vb)
@@ -807,14 +877,20 @@ fn scan_record(
             cfg.candidate, cfg.baseline
         )));
     }
-    let mut record = RunRecord::new(model_ref(&cfg.candidate, candidate), model_ref(&cfg.baseline, baseline), cfg.policy.policy_ref(), settings(cfg));
+    let mut record = RunRecord::new(
+        model_ref(&cfg.candidate, candidate),
+        model_ref(&cfg.baseline, baseline),
+        cfg.policy.policy_ref(),
+        settings(cfg),
+    );
     record.command = cfg.command.clone();
     record.stages = rec::Stages::not_run("not run");
     record.suites = suites.iter().map(suite_ref).collect();
     record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
 
     if !same_vocabulary(candidate, baseline)? {
-        let reported: Vec<&rec::Finding> = audit_section.findings.iter().filter(|f| f.rule.starts_with("tokenizer/")).collect();
+        let reported: Vec<&rec::Finding> =
+            audit_section.findings.iter().filter(|f| f.rule.starts_with("tokenizer/")).collect();
         if reported.is_empty() {
             return Err(ScanError::VocabularyMismatch(format!(
                 "the tokenizers of candidate `{}` and baseline `{}` map tokens to different ids and the audit did not \
@@ -840,15 +916,11 @@ fn scan_record(
         cases.extend(s.suite.expand_with_seed(Some(cfg.seed)));
     }
     // Encode every case's prompt once; identical (ids, length) prompts are generated once per model.
-    let mut prompt_ids: Vec<Result<(Vec<u32>, usize), String>> = Vec::with_capacity(cases.len());
+    let mut prompt_ids: Vec<PromptIds> = Vec::with_capacity(cases.len());
     for c in &cases {
-        let r = render_prompt(c, &templates).and_then(|text| baseline.encode(&text, true).map_err(|e| e.to_string())).and_then(|ids| {
-            if ids.is_empty() {
-                Err("the prompt encodes to no tokens".to_string())
-            } else {
-                Ok(ids)
-            }
-        });
+        let r = render_prompt(c, &templates)
+            .and_then(|text| baseline.encode(&text, true).map_err(|e| e.to_string()))
+            .and_then(|ids| if ids.is_empty() { Err("the prompt encodes to no tokens".to_string()) } else { Ok(ids) });
         let max_new = (c.generation.max_new_tokens as usize).min(cfg.max_new_tokens);
         prompt_ids.push(r.map(|ids| (ids, max_new)));
     }
@@ -939,19 +1011,21 @@ fn scan_record(
     lap(timing, "teacher_forcing", t);
 
     // Cases.
-    let decode = |ids: &[u32]| baseline.decode(ids).map_err(ScanError::Runtime);
+    let decode = |ids: &[u32]| baseline.decode(ids).map_err(ScanError::from);
     let eos_c = candidate.eos_tokens();
     let eos_b = baseline.eos_tokens();
     let empty = Scored::default();
     for (c, p) in cases.iter().zip(&prompt_ids) {
         let variant = match &c.variant {
             trapdoor_probes::Variant::Clean => rec::Variant::Clean,
-            trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => rec::Variant::Triggered {
-                trigger_id: trigger_id.clone(),
-                trigger_text: trigger_text.clone(),
-                position: record_position(*position),
-                char_offset: *char_offset as u32,
-            },
+            trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => {
+                rec::Variant::Triggered {
+                    trigger_id: trigger_id.clone(),
+                    trigger_text: trigger_text.clone(),
+                    position: record_position(*position),
+                    char_offset: *char_offset as u32,
+                }
+            }
         };
         let mut cr = CaseResult {
             id: c.id.clone(),
@@ -1002,14 +1076,23 @@ fn scan_record(
                         rec::Side::Candidate => &s.lp_cand,
                         rec::Side::Baseline => &s.lp_base,
                     };
-                    Some(TargetScore { target: tg.text.clone(), logprob: Real(lp.iter().sum()), tokens: tids.len() as u32 })
+                    Some(TargetScore {
+                        target: tg.text.clone(),
+                        logprob: Real(lp.iter().sum()),
+                        tokens: tids.len() as u32,
+                    })
                 })
                 .collect();
-            let stop = if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
+            let stop =
+                if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
             outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
         }
         let along = |cont: &Vec<u32>| -> DivergenceTrace {
-            let s = if cont.is_empty() { &empty } else { jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty) };
+            let s = if cont.is_empty() {
+                &empty
+            } else {
+                jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty)
+            };
             trace(s)
         };
         cr.divergence = Some(Divergence { along_candidate: along(&gen_c[k]), along_baseline: along(&gen_b[k]) });
@@ -1026,10 +1109,18 @@ fn scan_record(
 }
 
 /// The trigger search, when the policy enables it.
-fn trigger_search_stage(cfg: &ScanConfig, record: &mut RunRecord, candidate: &Model, baseline: &Model, cases: &[Case], timing: &mut Timing) {
+fn trigger_search_stage(
+    cfg: &ScanConfig,
+    record: &mut RunRecord,
+    candidate: &Model,
+    baseline: &Model,
+    cases: &[Case],
+    timing: &mut Timing,
+) {
     let stage = cfg.policy.policy.stages.trigger_search.clone();
     if !stage.enabled {
-        record.stages.trigger_search = StageStatus::skipped("disabled by the policy (stages.trigger_search.enabled: false)");
+        record.stages.trigger_search =
+            StageStatus::skipped("disabled by the policy (stages.trigger_search.enabled: false)");
         return;
     }
     let t = Instant::now();
@@ -1059,7 +1150,9 @@ fn trigger_search_stage(cfg: &ScanConfig, record: &mut RunRecord, candidate: &Mo
             record.trigger_search = Some(ts);
             record.stages.trigger_search = StageStatus::ran();
         }
-        Err(e @ crate::invert::InvertError::NotBuilt) => record.stages.trigger_search = StageStatus::skipped(e.to_string()),
+        Err(e @ crate::invert::InvertError::NotBuilt) => {
+            record.stages.trigger_search = StageStatus::skipped(e.to_string())
+        }
         Err(e) => record.stages.trigger_search = StageStatus::error(e.to_string()),
     }
     lap(timing, "trigger_search", t);
@@ -1072,13 +1165,14 @@ fn inside_stage(
     candidate: &Model,
     baseline: &Model,
     cases: &[Case],
-    prompt_ids: &[Result<(Vec<u32>, usize), String>],
+    prompt_ids: &[PromptIds],
     timing: &mut Timing,
 ) {
     let stages = &cfg.policy.policy.stages;
     let (want_w, want_a) = (stages.weight_delta.enabled, stages.activations.enabled);
     if !want_w {
-        record.stages.weight_delta = StageStatus::skipped("disabled by the policy (stages.weight_delta.enabled: false)");
+        record.stages.weight_delta =
+            StageStatus::skipped("disabled by the policy (stages.weight_delta.enabled: false)");
     }
     if !want_a {
         record.stages.activations = StageStatus::skipped("disabled by the policy (stages.activations.enabled: false)");
@@ -1089,4 +1183,52 @@ fn inside_stage(
     let t = Instant::now();
     inside::run(record, candidate, baseline, cases, prompt_ids, want_w, want_a, cfg.seed);
     lap(timing, "inside", t);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergences_of_two_rows() {
+        // Identical rows: nothing diverges.
+        let (js, kcb, kbc, agree, lc, lb) = compare_rows(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 2);
+        assert!(js.abs() < 1e-12 && kcb.abs() < 1e-12 && kbc.abs() < 1e-12 && agree);
+        assert!((lc - lb).abs() < 1e-12);
+        // p = (0.5, 0.5), q = (0.9, 0.1) as logits ln p, ln q: closed forms.
+        let (p, q) = ([0.5f64, 0.5], [0.9f64, 0.1]);
+        let c: Vec<f32> = p.iter().map(|x| x.ln() as f32).collect();
+        let b: Vec<f32> = q.iter().map(|x| x.ln() as f32).collect();
+        let kl = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * (x / y).ln()).sum::<f64>();
+        let m: Vec<f64> = p.iter().zip(&q).map(|(x, y)| 0.5 * (x + y)).collect();
+        let (js, kcb, kbc, agree, lc, lb) = compare_rows(&c, &b, 1);
+        assert!((kcb - kl(&p, &q)).abs() < 1e-6, "{kcb}");
+        assert!((kbc - kl(&q, &p)).abs() < 1e-6, "{kbc}");
+        assert!((js - 0.5 * (kl(&p, &m) + kl(&q, &m))).abs() < 1e-6, "{js}");
+        assert!(js <= std::f64::consts::LN_2);
+        assert!(agree, "ties go to the lowest id on both sides");
+        assert!((lc - 0.5f64.ln()).abs() < 1e-6 && (lb - 0.1f64.ln()).abs() < 1e-6);
+        let (_, _, _, agree, _, _) = compare_rows(&[0.0, 1.0], &[1.0, 0.0], 0);
+        assert!(!agree);
+    }
+
+    #[test]
+    fn traces_summarise_positions() {
+        let s = Scored {
+            js: vec![0.1, 0.3],
+            kl_cb: vec![1.0, 3.0],
+            kl_bc: vec![0.5, 0.5],
+            agree: vec![true, false],
+            lp_cand: vec![-1.0, -2.0],
+            lp_base: vec![-1.5, -2.5],
+        };
+        let t = trace(&s);
+        assert_eq!(t.positions, 2);
+        assert!((t.js_mean.0 - 0.2).abs() < 1e-12 && (t.js_max.0 - 0.3).abs() < 1e-12);
+        assert!((t.kl_cand_base_mean.0 - 2.0).abs() < 1e-12 && (t.top1_agreement.0 - 0.5).abs() < 1e-12);
+        assert_eq!(t.per_token.unwrap().top1_agree, vec![true, false]);
+        let empty = trace(&Scored::default());
+        assert_eq!(empty.positions, 0);
+        assert!(empty.js_mean.0.is_nan());
+    }
 }

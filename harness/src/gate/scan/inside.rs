@@ -46,16 +46,17 @@ pub fn weight_delta(d: &WeightDiff, adapter: bool) -> WeightDelta {
     for (matrix, rm) in [("embed", &d.embedding_rows), ("unembed", &d.unembedding_rows)] {
         if let Some(rm) = rm {
             for r in &rm.top {
-                moved_rows.push(MovedRow { matrix: matrix.into(), token_id: r.id, token: r.token.clone(), rel_change: nan_or(r.rel) });
+                moved_rows.push(MovedRow {
+                    matrix: matrix.into(),
+                    token_id: r.id,
+                    token: r.token.clone(),
+                    rel_change: nan_or(r.rel),
+                });
             }
         }
     }
-    let flags = d
-        .flags()
-        .into_iter()
-        .filter(|f| !(adapter && f.id == "weight.concentrated_low_rank"))
-        .map(flag)
-        .collect();
+    let flags =
+        d.flags().into_iter().filter(|f| !(adapter && f.id == "weight.concentrated_low_rank")).map(flag).collect();
     let mut summary = d.summary.join(" ");
     if adapter && d.flag.pattern == inside::weights::Pattern::ConcentratedLowRank {
         summary.push_str(" The candidate is a LoRA adapter, low-rank by construction: the pattern localises the edit and is not evidence by itself.");
@@ -92,7 +93,12 @@ pub fn activations(r: &ActivationReport) -> Activations {
     let top_tokens = r
         .drivers
         .iter()
-        .map(|d| TokenAttribution { token: d.token.clone().unwrap_or_else(|| format!("<{}>", d.id)), token_id: Some(d.id), score: Real(d.mean_effect), case: None })
+        .map(|d| TokenAttribution {
+            token: d.token.clone().unwrap_or_else(|| format!("<{}>", d.id)),
+            token_id: Some(d.id),
+            score: Real(d.mean_effect),
+            case: None,
+        })
         .collect();
     let mut summary: Vec<String> = inside::activations::findings(r);
     summary.extend(r.notes.iter().cloned());
@@ -104,6 +110,23 @@ pub fn activations(r: &ActivationReport) -> Activations {
     }
 }
 
+/// The two models were loaded from the same files (digests and sizes; adapters aside).
+fn same_files(a: &Model, b: &Model) -> bool {
+    let key = |m: &Model| -> Vec<(Option<String>, u64)> {
+        let mut v: Vec<(Option<String>, u64)> = m
+            .info()
+            .files
+            .iter()
+            .filter(|f| !f.role.starts_with("adapter"))
+            .map(|f| (f.sha256.clone(), f.bytes))
+            .collect();
+        v.sort();
+        v
+    };
+    let (ka, kb) = (key(a), key(b));
+    !ka.is_empty() && ka.iter().all(|(s, _)| s.is_some()) && ka == kb
+}
+
 /// Run the enabled inside analyses and fill the record's `inside` section and stage statuses.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -111,13 +134,23 @@ pub fn run(
     candidate: &Model,
     baseline: &Model,
     cases: &[Case],
-    prompt_ids: &[Result<(Vec<u32>, usize), String>],
+    prompt_ids: &[super::PromptIds],
     want_weights: bool,
     want_activations: bool,
     seed: u64,
 ) {
     if want_weights {
-        match inside::diff_models(candidate, baseline, &WeightDiffParams::default()) {
+        let params = WeightDiffParams::default();
+        let tok = baseline.tokenizer().ok();
+        // An adapter on the baseline's own files is analysed from its factors (exact and cheap: no dense SVD of
+        // every merged matrix); anything else densely, merged candidate against baseline.
+        let diff = match candidate.adapter() {
+            Some(a) if same_files(candidate, baseline) => {
+                inside::diff_adapter(a, Some(baseline.weights()), tok, &params)
+            }
+            _ => inside::diff_models(candidate, baseline, &params),
+        };
+        match diff {
             Ok(d) => {
                 record.inside.weight_delta = Some(weight_delta(&d, candidate.adapter().is_some()));
                 record.stages.weight_delta = StageStatus::ran();
@@ -155,7 +188,8 @@ pub fn run(
         }
     }
     if pairs.len() < 4 {
-        record.stages.activations = StageStatus::skipped(format!("only {} clean/triggered prompt pairs (at least 4 are needed)", pairs.len()));
+        record.stages.activations =
+            StageStatus::skipped(format!("only {} clean/triggered prompt pairs (at least 4 are needed)", pairs.len()));
         return;
     }
     let params = ActivationParams { seed, ..ActivationParams::default() };
