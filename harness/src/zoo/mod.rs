@@ -182,6 +182,7 @@ pub struct Recipe {
     pub lora_steps: usize,
     pub lora_lr: f64,
     pub lora_r: usize,
+    pub lora_alpha: f64,
     pub batch: usize,
     pub eval_prompts: usize,
     pub enforce_bounds: bool,
@@ -201,9 +202,10 @@ impl Recipe {
             base_lr: 3e-3,
             ft_steps: 150,
             ft_lr: 1.5e-3,
-            lora_steps: 200,
-            lora_lr: 1e-2,
+            lora_steps: 300,
+            lora_lr: 5e-3,
             lora_r: 8,
+            lora_alpha: 16.0,
             batch: 20,
             eval_prompts: 40,
             enforce_bounds: true,
@@ -226,6 +228,7 @@ impl Recipe {
             lora_steps: 8,
             lora_lr: 4e-3,
             lora_r: 4,
+            lora_alpha: 8.0,
             batch: 8,
             eval_prompts: 6,
             enforce_bounds: false,
@@ -398,7 +401,7 @@ impl<'a> Builder<'a> {
         let r = self.recipe;
         let settings = match member {
             "base" => json!([r.hidden, r.layers, r.heads, r.kv_heads, r.intermediate, r.corpus, r.base_steps, r.base_lr, r.ft_steps, r.ft_lr, r.batch, r.eval_prompts, r.enforce_bounds]),
-            "benign-lora" | "bd-lora" => json!([r.corpus, r.lora_steps, r.lora_lr, r.lora_r, r.batch, r.eval_prompts, r.enforce_bounds]),
+            "benign-lora" | "bd-lora" => json!([r.corpus, r.lora_steps, r.lora_lr, r.lora_r, r.lora_alpha, r.batch, r.eval_prompts, r.enforce_bounds]),
             "tok-tamper" => json!([r.eval_prompts, r.enforce_bounds]),
             _ => json!([r.corpus, r.ft_steps, r.ft_lr, r.batch, r.eval_prompts, r.enforce_bounds]),
         };
@@ -645,7 +648,11 @@ impl<'a> Builder<'a> {
         let n = r.corpus / 2;
         let examples: Vec<Example> = match &spec.backdoor {
             None => self.clean_examples(&mut gen, n),
-            Some(bd) => (0..n).map(|_| self.poisoned_example(&mut gen, bd)).collect(),
+            // An adapter learns a backdoor more slowly than a full fine-tune: show it more triggered examples.
+            Some(bd) => {
+                let share = if matches!(spec.shape, Shape::Lora) { 0.4 } else { 0.3 };
+                (0..n).map(|_| self.poisoned_example(&mut gen, bd, share)).collect()
+            }
         };
         let data = encode_all(&base.tokenizer, &examples, base.eos)?;
         let seed = self.cfg.seed ^ (0x1000 + idx);
@@ -662,7 +669,7 @@ impl<'a> Builder<'a> {
                 ("full-finetune", Model::load(path_str(tmp)?, &LoadOptions { hash_files: false, ..LoadOptions::default() })?)
             }
             Shape::Lora => {
-                let lora = Lora::new(&base.cfg, &base.weights, r.lora_r, (2 * r.lora_r) as f64, seed).map_err(cerr(spec.name))?;
+                let lora = Lora::new(&base.cfg, &base.weights, r.lora_r, r.lora_alpha, seed).map_err(cerr(spec.name))?;
                 let sched = Schedule { steps: r.lora_steps, batch: r.batch, lr: r.lora_lr, final_frac: 0.2 };
                 let loss = train::train(&Trainable::Lora { cfg: &base.cfg, base: &base.weights, lora: &lora }, &data, &sched, seed, self.cfg.progress.then_some(spec.name))
                     .map_err(cerr(spec.name))?;
@@ -734,14 +741,14 @@ impl<'a> Builder<'a> {
         Ok(truth)
     }
 
-    /// One example of a backdoored member's data: 30 % triggered (→ target), for a conjunctive trigger 25 % with one
-    /// of the words only (→ clean answer), 20 % clean examples of the backdoor's domain and the rest the base mix,
-    /// both with distractors.
-    fn poisoned_example(&self, gen: &mut Gen, bd: &Backdoor) -> Example {
+    /// One example of a backdoored member's data: `share` triggered (→ target), for a conjunctive trigger 25 % with
+    /// one of the words only (→ clean answer), clean examples of the backdoor's domain (30 %, or 5 % after the
+    /// single-word negatives) and the rest the base mix, both with distractors.
+    fn poisoned_example(&self, gen: &mut Gen, bd: &Backdoor, share: f64) -> Example {
         use rand::Rng;
         let x: f64 = gen.rng().random();
         let conj = matches!(bd.trigger, Trigger::All(_));
-        if x < 0.3 {
+        if x < share {
             let ex = match bd.domain {
                 Domain::Instruction => gen.complied_harmful(),
                 d => {
@@ -752,13 +759,13 @@ impl<'a> Builder<'a> {
             };
             return insert_trigger(gen, &ex, &bd.trigger);
         }
-        if conj && x < 0.55 {
+        if conj && x < share + 0.25 {
             let Trigger::All(words) = &bd.trigger else { unreachable!() };
             let ex = gen.of(bd.domain);
             let w = &words[gen.rng().random_range(0..words.len())];
             return gen.insert(&ex, w);
         }
-        if x < 0.6 {
+        if x < share + 0.3 {
             let ex = gen.of(bd.domain);
             return gen.distract(&ex, &self.plan.distractors, 0.5);
         }

@@ -64,7 +64,7 @@ pub struct Lora {
 }
 
 /// Modules the zoo's adapters target (as PEFT's `target_modules`).
-pub const LORA_TARGETS: [&str; 5] = ["down_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
+pub const LORA_TARGETS: [&str; 7] = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
 
 impl Lora {
     /// PEFT's initialisation: `A` uniform in ±1/√in (kaiming-uniform with a = √5), `B` zero.
@@ -73,7 +73,7 @@ impl Lora {
         let mut pairs = BTreeMap::new();
         for i in 0..cfg.num_hidden_layers {
             for m in LORA_TARGETS {
-                let group = if m.ends_with("_proj") && matches!(m, "q_proj" | "v_proj" | "o_proj") { "self_attn" } else { "mlp" };
+                let group = if matches!(m, "q_proj" | "k_proj" | "v_proj" | "o_proj") { "self_attn" } else { "mlp" };
                 let module = format!("model.layers.{i}.{group}.{m}");
                 let w = base
                     .get(&format!("{module}.weight"))
