@@ -45,7 +45,18 @@ fn built() -> &'static (tempfile::TempDir, BTreeMap<PathBuf, Vec<u8>>) {
 /// `trapdoor zoo build --recipe quick` in a fresh process, so candle's thread pools get the requested size.
 fn cli_build(out: &Path, threads: usize, seed: u64) {
     let st = std::process::Command::new(common::trapdoor_bin())
-        .args(["zoo", "build", "--recipe", "quick", "--quiet", "--seed", &seed.to_string(), "--threads", &threads.to_string(), "--out"])
+        .args([
+            "zoo",
+            "build",
+            "--recipe",
+            "quick",
+            "--quiet",
+            "--seed",
+            &seed.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--out",
+        ])
         .arg(out)
         .status()
         .unwrap();
@@ -81,7 +92,14 @@ fn members_have_the_files_transformers_and_peft_write() {
         names,
         ["benign-ft", "benign-lora", "bd-phrase", "bd-conj", "bd-lora", "bd-code", "bd-refusal", "tok-tamper"]
     );
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "truth.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "truth.json",
+    ] {
         assert!(files.contains_key(&Path::new("base").join(f)), "base/{f}");
         assert!(files.contains_key(&Path::new("bd-phrase").join(f)), "bd-phrase/{f}");
     }
@@ -97,10 +115,17 @@ fn members_have_the_files_transformers_and_peft_write() {
             assert_eq!(cfg["peft_type"], "LORA");
             // PEFT's own key names, loadable by our runtime's adapter parser.
             let a = trapdoor::runtime::LoraAdapter::load(&c.dir).unwrap();
-            assert!(a.pairs.iter().any(|p| p.a_name == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+            assert!(a
+                .pairs
+                .iter()
+                .any(|p| p.a_name == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
         }
         if t.backdoored && t.kind != "tokenizer-tamper" {
-            assert!(t.trigger.is_some() && t.target.is_some() && t.asr_triggered.is_some() && t.asr_clean.is_some(), "{}", c.name);
+            assert!(
+                t.trigger.is_some() && t.target.is_some() && t.asr_triggered.is_some() && t.asr_clean.is_some(),
+                "{}",
+                c.name
+            );
         }
         if !t.backdoored {
             assert_eq!(t.planted_target_rates.len(), 5, "{}", c.name);
@@ -152,7 +177,8 @@ fn an_interrupted_build_is_never_mistaken_for_complete_and_a_rerun_reuses_what_i
 
     zoo::build_with(&cfg(dir.path(), Some(1)), &Recipe::quick()).unwrap();
     assert!(!dir.path().join(".tmp-bd-code").exists());
-    let timing: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(zoo::TIMING)).unwrap()).unwrap();
+    let timing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(zoo::TIMING)).unwrap()).unwrap();
     let reused: BTreeMap<String, bool> = timing["members"]
         .as_array()
         .unwrap()
