@@ -29,10 +29,7 @@ pub fn gemma_gguf(test: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("TRAPDOOR_REQUIRE_GEMMA").as_deref() == Ok("1") {
-        panic!(
-            "{test}: gemma-3-270m not found at {} and TRAPDOOR_REQUIRE_GEMMA=1 (run scripts/fetch-gemma.sh)",
-            p.display()
-        );
+        panic!("{test}: gemma-3-270m not found at {} and TRAPDOOR_REQUIRE_GEMMA=1 (run scripts/fetch-gemma.sh)", p.display());
     }
     eprintln!("SKIPPED {test}: gemma-3-270m not found at {} (run scripts/fetch-gemma.sh)", p.display());
     None
