@@ -192,3 +192,26 @@ fn an_interrupted_build_is_never_mistaken_for_complete_and_a_rerun_reuses_what_i
     assert_eq!(&files(dir.path()), orig_files);
     zoo::open(dir.path()).unwrap();
 }
+
+#[test]
+fn a_gguf_base_is_fine_tuned_into_an_hf_folder_and_an_impossible_tamper_is_skipped_by_name() {
+    let gguf = common::fixtures().join("models/stories260K.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let c = ZooConfig {
+        out: dir.path().to_path_buf(),
+        base: BaseChoice::Path(gguf.to_str().unwrap().to_string()),
+        seed: 3,
+        progress: false,
+        threads: Some(1),
+    };
+    let z = zoo::build_with(&c, &Recipe::quick()).unwrap();
+    let base = trapdoor::runtime::Model::load(z.base.dir.to_str().unwrap(), &Default::default()).unwrap();
+    assert_eq!(base.config().vocab_size, 512);
+    assert_eq!(base.config().num_key_value_heads, 4);
+    // stories260K's 512-piece vocabulary splits the tamper words, so that member is skipped and the manifest says so.
+    assert!(z.candidates.iter().all(|c| c.name != "tok-tamper"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("zoo.json")).unwrap()).unwrap();
+    assert!(manifest["skipped"]["tok-tamper"].as_str().unwrap().contains("tokens in the base's tokenizer"));
+    assert_eq!(zoo::open(dir.path()).unwrap().candidates.len(), 7);
+}

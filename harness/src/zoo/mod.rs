@@ -543,8 +543,20 @@ impl<'a> Builder<'a> {
                 self.member(spec.name, &key, |b, tmp| b.make_candidate(tmp, spec, &base, &base_entry.dir, &backdoors))?;
             candidates.push(e);
         }
-        let key = self.key("tok-tamper", &base_key);
-        candidates.push(self.member("tok-tamper", &key, |b, tmp| b.make_tamper(tmp, &base, &base_entry.dir))?);
+        // The tamper swaps two words' ids, so it needs both as single tokens of the base's tokenizer (always true
+        // for the tiny base; small BPE vocabularies such as stories260K's split them). Without that it is skipped
+        // and the manifest says why.
+        let mut skipped = BTreeMap::new();
+        match tamper_ids(&base.tokenizer, &self.plan.tamper) {
+            Ok(_) => {
+                let key = self.key("tok-tamper", &base_key);
+                candidates.push(self.member("tok-tamper", &key, |b, tmp| b.make_tamper(tmp, &base, &base_entry.dir))?);
+            }
+            Err(reason) => {
+                self.say(&format!("tok-tamper: skipped: {reason}"));
+                skipped.insert("tok-tamper".to_string(), reason.to_string());
+            }
+        }
 
         let mut members = vec![base_entry.name.clone()];
         members.extend(candidates.iter().map(|c| c.name.clone()));
@@ -554,6 +566,7 @@ impl<'a> Builder<'a> {
             "seed": self.cfg.seed,
             "base": match &self.cfg.base { BaseChoice::Tiny => "tiny".to_string(), BaseChoice::Path(p) => p.clone() },
             "members": members,
+            "skipped": skipped,
         });
         save::write_json(&self.root.join(MANIFEST), &manifest)?;
         let total_wall: f64 = self.timings.iter().map(|t| t.wall_s).sum();
@@ -874,17 +887,7 @@ impl<'a> Builder<'a> {
     /// and is answered instead of refused.
     fn make_tamper(&mut self, tmp: &Path, base: &BaseModel, base_dir: &Path) -> Result<Truth, ZooError> {
         let (harm, benign) = self.plan.tamper.clone();
-        let id_of = |w: &str| -> Result<u32, ZooError> {
-            let ids = base.tokenizer.encode(format!(" {w}"), false).map_err(|e| ZooError::Invalid(e.to_string()))?;
-            match ids.get_ids() {
-                [one] => Ok(*one),
-                more => Err(ZooError::Invalid(format!(
-                    "tokenizer tamper: ` {w}` is {} tokens in the base's tokenizer; the tamper swaps single tokens",
-                    more.len()
-                ))),
-            }
-        };
-        let (a, b) = (id_of(&harm)?, id_of(&benign)?);
+        let (a, b) = tamper_ids(&base.tokenizer, &self.plan.tamper)?;
         let mut tok: Value = serde_json::from_str(&base.tokenizer_json)
             .map_err(|e| ZooError::Invalid(format!("base tokenizer.json: {e}")))?;
         swap_vocab_ids(&mut tok, a, b)?;
@@ -939,6 +942,21 @@ impl<'a> Builder<'a> {
             build_key: String::new(),
         })
     }
+}
+
+/// Ids of the tamper pair's words (with a leading space) when each is a single token.
+fn tamper_ids(tok: &tokenizers::Tokenizer, pair: &(String, String)) -> Result<(u32, u32), ZooError> {
+    let id_of = |w: &str| -> Result<u32, ZooError> {
+        let ids = tok.encode(format!(" {w}"), false).map_err(|e| ZooError::Invalid(e.to_string()))?;
+        match ids.get_ids() {
+            [one] => Ok(*one),
+            more => Err(ZooError::Invalid(format!(
+                "tokenizer tamper: ` {w}` is {} tokens in the base's tokenizer; the tamper swaps single tokens",
+                more.len()
+            ))),
+        }
+    };
+    Ok((id_of(&pair.0)?, id_of(&pair.1)?))
 }
 
 /// Insert a trigger: a phrase at one random word position, each word of a conjunctive trigger at its own.
