@@ -827,7 +827,15 @@ impl<'a> Builder<'a> {
                 if let Trigger::All(words) = &bd.trigger {
                     let one: Vec<String> =
                         exs.iter().enumerate().map(|(i, e)| g.insert(e, &words[i % words.len()]).prompt).collect();
-                    truth.asr_one_word = Some(success_rate(&model, &one, &prefix)?);
+                    let one = success_rate(&model, &one, &prefix)?;
+                    // Both words are needed: one alone must not fire.
+                    if r.enforce_bounds && one > MAX_ASR_CLEAN {
+                        return Err(ZooError::Threshold {
+                            member: spec.name.into(),
+                            reason: format!("conjunctive trigger fires with one word alone ({one:.3}, need ≤ {MAX_ASR_CLEAN})"),
+                        });
+                    }
+                    truth.asr_one_word = Some(one);
                 }
                 self.say(&format!("{}: success {t:.2} triggered, {c:.2} clean", spec.name));
                 if r.enforce_bounds && (t < MIN_ASR_TRIGGERED || c > MAX_ASR_CLEAN) {
