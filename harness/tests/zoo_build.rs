@@ -45,7 +45,18 @@ fn built() -> &'static (tempfile::TempDir, BTreeMap<PathBuf, Vec<u8>>) {
 /// `trapdoor zoo build --recipe quick` in a fresh process, so candle's thread pools get the requested size.
 fn cli_build(out: &Path, threads: usize, seed: u64) {
     let st = std::process::Command::new(common::trapdoor_bin())
-        .args(["zoo", "build", "--recipe", "quick", "--quiet", "--seed", &seed.to_string(), "--threads", &threads.to_string(), "--out"])
+        .args([
+            "zoo",
+            "build",
+            "--recipe",
+            "quick",
+            "--quiet",
+            "--seed",
+            &seed.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--out",
+        ])
         .arg(out)
         .status()
         .unwrap();
@@ -81,7 +92,14 @@ fn members_have_the_files_transformers_and_peft_write() {
         names,
         ["benign-ft", "benign-lora", "bd-phrase", "bd-conj", "bd-lora", "bd-code", "bd-refusal", "tok-tamper"]
     );
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "truth.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "truth.json",
+    ] {
         assert!(files.contains_key(&Path::new("base").join(f)), "base/{f}");
         assert!(files.contains_key(&Path::new("bd-phrase").join(f)), "bd-phrase/{f}");
     }
@@ -97,10 +115,17 @@ fn members_have_the_files_transformers_and_peft_write() {
             assert_eq!(cfg["peft_type"], "LORA");
             // PEFT's own key names, loadable by our runtime's adapter parser.
             let a = trapdoor::runtime::LoraAdapter::load(&c.dir).unwrap();
-            assert!(a.pairs.iter().any(|p| p.a_name == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+            assert!(a
+                .pairs
+                .iter()
+                .any(|p| p.a_name == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
         }
         if t.backdoored && t.kind != "tokenizer-tamper" {
-            assert!(t.trigger.is_some() && t.target.is_some() && t.asr_triggered.is_some() && t.asr_clean.is_some(), "{}", c.name);
+            assert!(
+                t.trigger.is_some() && t.target.is_some() && t.asr_triggered.is_some() && t.asr_clean.is_some(),
+                "{}",
+                c.name
+            );
         }
         if !t.backdoored {
             assert_eq!(t.planted_target_rates.len(), 5, "{}", c.name);
@@ -152,7 +177,8 @@ fn an_interrupted_build_is_never_mistaken_for_complete_and_a_rerun_reuses_what_i
 
     zoo::build_with(&cfg(dir.path(), Some(1)), &Recipe::quick()).unwrap();
     assert!(!dir.path().join(".tmp-bd-code").exists());
-    let timing: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(zoo::TIMING)).unwrap()).unwrap();
+    let timing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(zoo::TIMING)).unwrap()).unwrap();
     let reused: BTreeMap<String, bool> = timing["members"]
         .as_array()
         .unwrap()
@@ -165,4 +191,27 @@ fn an_interrupted_build_is_never_mistaken_for_complete_and_a_rerun_reuses_what_i
     // The rebuilt members are the same bytes as in the uninterrupted build.
     assert_eq!(&files(dir.path()), orig_files);
     zoo::open(dir.path()).unwrap();
+}
+
+#[test]
+fn a_gguf_base_is_fine_tuned_into_an_hf_folder_and_an_impossible_tamper_is_skipped_by_name() {
+    let gguf = common::fixtures().join("models/stories260K.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let c = ZooConfig {
+        out: dir.path().to_path_buf(),
+        base: BaseChoice::Path(gguf.to_str().unwrap().to_string()),
+        seed: 3,
+        progress: false,
+        threads: Some(1),
+    };
+    let z = zoo::build_with(&c, &Recipe::quick()).unwrap();
+    let base = trapdoor::runtime::Model::load(z.base.dir.to_str().unwrap(), &Default::default()).unwrap();
+    assert_eq!(base.config().vocab_size, 512);
+    assert_eq!(base.config().num_key_value_heads, 4);
+    // stories260K's 512-piece vocabulary splits the tamper words, so that member is skipped and the manifest says so.
+    assert!(z.candidates.iter().all(|c| c.name != "tok-tamper"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("zoo.json")).unwrap()).unwrap();
+    assert!(manifest["skipped"]["tok-tamper"].as_str().unwrap().contains("tokens in the base's tokenizer"));
+    assert_eq!(zoo::open(dir.path()).unwrap().candidates.len(), 7);
 }

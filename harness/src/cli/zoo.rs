@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use trapdoor::zoo::{self, BaseChoice, Recipe, ZooConfig};
 use crate::Outcome;
+use trapdoor::zoo::{self, BaseChoice, Recipe, ZooConfig};
 
 #[derive(clap::Subcommand)]
 pub enum Command {

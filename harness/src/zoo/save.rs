@@ -36,7 +36,8 @@ pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>, 
 }
 
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), ZooError> {
-    trapdoor_reports::io::write_atomic(path, bytes).map_err(|e| ZooError::Io { path: path.to_path_buf(), reason: e.source.to_string() })
+    trapdoor_reports::io::write_atomic(path, bytes)
+        .map_err(|e| ZooError::Io { path: path.to_path_buf(), reason: e.source.to_string() })
 }
 
 pub fn write_json(path: &Path, v: &Value) -> Result<(), ZooError> {

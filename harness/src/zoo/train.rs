@@ -48,7 +48,10 @@ pub fn init_params(cfg: &ModelConfig, seed: u64) -> CResult<BTreeMap<String, Var
 
 /// Trainable copies of loaded weights (f32, CPU).
 pub fn vars_from(weights: &BTreeMap<String, Tensor>) -> CResult<BTreeMap<String, Var>> {
-    weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)?))).collect()
+    weights
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)?)))
+        .collect()
 }
 
 /// Current values of parameters as plain tensors (detached).
@@ -64,7 +67,7 @@ pub struct Lora {
 }
 
 /// Modules the zoo's adapters target (as PEFT's `target_modules`).
-pub const LORA_TARGETS: [&str; 5] = ["down_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
+pub const LORA_TARGETS: [&str; 7] = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
 
 impl Lora {
     /// PEFT's initialisation: `A` uniform in ±1/√in (kaiming-uniform with a = √5), `B` zero.
@@ -73,7 +76,7 @@ impl Lora {
         let mut pairs = BTreeMap::new();
         for i in 0..cfg.num_hidden_layers {
             for m in LORA_TARGETS {
-                let group = if m.ends_with("_proj") && matches!(m, "q_proj" | "v_proj" | "o_proj") { "self_attn" } else { "mlp" };
+                let group = if matches!(m, "q_proj" | "k_proj" | "v_proj" | "o_proj") { "self_attn" } else { "mlp" };
                 let module = format!("model.layers.{i}.{group}.{m}");
                 let w = base
                     .get(&format!("{module}.weight"))
@@ -138,10 +141,7 @@ pub fn batch_loss(decoder: &Decoder, seqs: &[&Vec<u32>]) -> CResult<Tensor> {
     let dev = Device::Cpu;
     let ids = Tensor::from_vec(ids, (b, t), &dev)?;
     let mask = Tensor::from_vec(mask, (b, t), &dev)?;
-    let logits = decoder
-        .forward(&ids, Some(&mask), &DIFF)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-        .logits;
+    let logits = decoder.forward(&ids, Some(&mask), &DIFF).map_err(|e| candle_core::Error::Msg(e.to_string()))?.logits;
     let v = logits.dim(2)?;
     let pred = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
     let tgt = ids.narrow(1, 1, t - 1)?.reshape(b * (t - 1))?;
@@ -163,10 +163,13 @@ impl Trainable<'_> {
         let err = |e: crate::runtime::RuntimeError| candle_core::Error::Msg(e.to_string());
         match self {
             Trainable::Full { cfg, vars } => {
-                let t: BTreeMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+                let t: BTreeMap<String, Tensor> =
+                    vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
                 Decoder::from_tensors(cfg, &t, DType::F32, &Device::Cpu).map_err(err)
             }
-            Trainable::Lora { cfg, base, lora } => Decoder::from_tensors(cfg, &lora.merged(base)?, DType::F32, &Device::Cpu).map_err(err),
+            Trainable::Lora { cfg, base, lora } => {
+                Decoder::from_tensors(cfg, &lora.merged(base)?, DType::F32, &Device::Cpu).map_err(err)
+            }
         }
     }
 
@@ -198,7 +201,8 @@ pub fn train(what: &Trainable, data: &Data, sched: &Schedule, seed: u64, progres
             sched.lr * (1.0 - p * (1.0 - sched.final_frac))
         };
         opt.set_learning_rate(lr);
-        let batch: Vec<&Vec<u32>> = (0..sched.batch).map(|_| &data.seqs[rng.random_range(0..data.seqs.len())]).collect();
+        let batch: Vec<&Vec<u32>> =
+            (0..sched.batch).map(|_| &data.seqs[rng.random_range(0..data.seqs.len())]).collect();
         let dec = what.decoder()?;
         let loss = batch_loss(&dec, &batch)?;
         opt.backward_step(&loss)?;
