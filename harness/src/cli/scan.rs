@@ -24,7 +24,8 @@ pub struct Args {
     /// The trusted baseline (normally the candidate's base model).
     #[arg(long, value_name = "MODEL")]
     pub baseline: String,
-    /// A probe-suite file; repeatable. Without it the shipped default set (embedded in the binary) runs.
+    /// A probe-suite file; repeatable. Without it the shipped default set (embedded in the binary) runs;
+    /// `embedded:default` names that set (to add suites to it) and `embedded:NAME.yaml` one shipped suite.
     #[arg(long = "suite", value_name = "FILE")]
     pub suites: Vec<PathBuf>,
     /// A policy file. Without it the default policy (embedded) decides.

@@ -218,8 +218,32 @@ fn load_suites(paths: &[PathBuf]) -> Result<Vec<LoadedSuite>, ScanError> {
         }
     } else {
         for p in paths {
-            let suite = Suite::from_path(p)?;
-            out.push(LoadedSuite { suite, recorded_path: p.display().to_string() });
+            // `embedded:default` is the whole shipped set and `embedded:NAME.yaml` one shipped suite, so a user can
+            // add their own suites to the defaults instead of replacing them.
+            match p.to_str().and_then(|s| s.strip_prefix("embedded:")) {
+                Some("default") => {
+                    for (file, text) in shipped::SHIPPED {
+                        let suite = Suite::from_str(text, &shipped::origin(file))?;
+                        out.push(LoadedSuite { suite, recorded_path: format!("embedded:{file}") });
+                    }
+                }
+                Some(name) => {
+                    let Some((file, text)) = shipped::SHIPPED.iter().find(|(f, _)| *f == name) else {
+                        let known: Vec<&str> = shipped::SHIPPED.iter().map(|(f, _)| *f).collect();
+                        return Err(ScanError::Invalid(format!(
+                            "--suite {}: no such embedded suite (embedded:default, or one of {})",
+                            p.display(),
+                            known.join(", ")
+                        )));
+                    };
+                    let suite = Suite::from_str(text, &shipped::origin(file))?;
+                    out.push(LoadedSuite { suite, recorded_path: format!("embedded:{file}") });
+                }
+                None => {
+                    let suite = Suite::from_path(p)?;
+                    out.push(LoadedSuite { suite, recorded_path: p.display().to_string() });
+                }
+            }
         }
     }
     for (i, a) in out.iter().enumerate() {
@@ -1087,15 +1111,29 @@ fn scan_record(
                 if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
             outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
         }
-        let along = |cont: &Vec<u32>| -> DivergenceTrace {
+        let along = |cont: &Vec<u32>| -> Result<DivergenceTrace, ScanError> {
             let s = if cont.is_empty() {
                 &empty
             } else {
                 jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty)
             };
-            trace(s)
+            let mut t = trace(s);
+            // Each position's text, as the difference of successive prefix decodes, so byte-level and
+            // multi-token characters come out whole where they end (reports show per-token divergence on it).
+            if let Some(pt) = t.per_token.as_mut() {
+                if pt.js.len() == cont.len() {
+                    let mut prev = String::new();
+                    for i in 1..=cont.len() {
+                        let cur = decode(&cont[..i])?;
+                        let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
+                        pt.tokens.push(piece);
+                        prev = cur;
+                    }
+                }
+            }
+            Ok(t)
         };
-        cr.divergence = Some(Divergence { along_candidate: along(&gen_c[k]), along_baseline: along(&gen_b[k]) });
+        cr.divergence = Some(Divergence { along_candidate: along(&gen_c[k])?, along_baseline: along(&gen_b[k])? });
         let mut it = outputs.into_iter();
         cr.candidate = it.next();
         cr.baseline = it.next();
