@@ -38,6 +38,9 @@ pub struct Args {
     /// Targets searched (declared first, then inverted).
     #[arg(long, default_value_t = 8, value_name = "N")]
     max_targets: u32,
+    /// GCG steps per target (default: 30 on small models, 10 above 50M parameters).
+    #[arg(long, value_name = "N")]
+    gcg_steps: Option<u32>,
     /// Trigger length in tokens.
     #[arg(long, default_value_t = 4, value_name = "K")]
     trigger_len: usize,
@@ -95,6 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
     params.trigger_len = args.trigger_len;
+    if let Some(n) = args.gcg_steps {
+        params.gcg.steps = n;
+    }
     let out = search(&cand, Some(&base), &prompts, &args.targets, &params, args.seed, true)?;
     if let Some(path) = &args.timing {
         let j = serde_json::json!({ "seconds": out.timing, "steps": out.steps });

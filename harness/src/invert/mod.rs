@@ -556,7 +556,7 @@ pub fn search(
          absence: longer, split or template-bound triggers and targets not declared or inverted were not searched.",
         targets.len(),
         targets.iter().filter(|t| t.source == "declared").count(),
-        targets.iter().filter(|t| t.source == "inverted").count(),
+        targets.iter().filter(|t| t.source.starts_with("inverted")).count(),
         params.trigger_len,
         params.restarts,
         params.max_steps,
