@@ -38,7 +38,7 @@ pub struct Args {
     /// Targets searched (declared first, then inverted).
     #[arg(long, default_value_t = 8, value_name = "N")]
     max_targets: u32,
-    /// GCG steps per target (default: 30 on small models, 10 above 50M parameters).
+    /// GCG steps per target (default: 50 on small models, 10 above 50M parameters).
     #[arg(long, value_name = "N")]
     gcg_steps: Option<u32>,
     /// Trigger length in tokens.

