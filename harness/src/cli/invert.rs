@@ -81,12 +81,24 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(),
     };
     if prompts.len() < 4 {
-        anyhow::bail!("--prompts: {} non-empty lines, at least 4 are needed (train and held-out)", prompts.len());
+        anyhow::bail!(
+            "--prompts: {} non-empty lines, at least 4 are needed (train and held-out)",
+            prompts.len()
+        );
     }
     let dtype = parse_dtype(&args.dtype)?;
     let device = DeviceSpec::parse(&args.device)?.open()?;
-    let opts = LoadOptions { dtype, device, adapter: None, allow_network: false, hash_files: false };
-    let cand_opts = LoadOptions { adapter: args.adapter.clone(), ..opts.clone() };
+    let opts = LoadOptions {
+        dtype,
+        device,
+        adapter: None,
+        allow_network: false,
+        hash_files: false,
+    };
+    let cand_opts = LoadOptions {
+        adapter: args.adapter.clone(),
+        ..opts.clone()
+    };
     let cand = Model::load(&args.candidate, &cand_opts).with_context(|| format!("--candidate {}", args.candidate))?;
     let base = Model::load(&args.baseline, &opts).with_context(|| format!("--baseline {}", args.baseline))?;
     let stage = TriggerSearchStage {
@@ -112,9 +124,18 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Done);
     }
     let r = &out.record;
-    let fmt = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "-".into() };
+    let fmt = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.3}")
+        } else {
+            "-".into()
+        }
+    };
     println!("targets");
-    println!("  {:<9} {:>8} {:>10} {:>10} {:>8}  text", "source", "Q gap", "loss cand", "loss base", "anomaly");
+    println!(
+        "  {:<9} {:>8} {:>10} {:>10} {:>8}  text",
+        "source", "Q gap", "loss cand", "loss base", "anomaly"
+    );
     for (i, t) in out.targets.iter().enumerate() {
         let an = r.anomalies.get(i);
         println!(
@@ -129,7 +150,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         );
     }
     println!("\nrecovered triggers (held-out ASR)");
-    println!("  {:>6} {:>6} {:>8} {:<11}  trigger → target", "cand", "base", "no trig", "position");
+    println!(
+        "  {:>6} {:>6} {:>8} {:<11}  trigger → target",
+        "cand", "base", "no trig", "position"
+    );
     for t in &r.triggers {
         println!(
             "  {:>6} {:>6} {:>8} {:<11}  {:?} {:?} → {:?}",

@@ -63,12 +63,22 @@ mod tests {
     use super::*;
 
     fn e(c: f64, b: f64, reference: bool) -> Entry {
-        Entry { loss_candidate: c, loss_baseline: Some(b), reference }
+        Entry {
+            loss_candidate: c,
+            loss_baseline: Some(b),
+            reference,
+        }
     }
 
     #[test]
     fn an_easy_target_is_an_outlier_and_ordinary_ones_are_not() {
-        let v = [e(0.01, 4.0, false), e(3.0, 3.1, false), e(5.0, 5.3, true), e(4.0, 4.1, true), e(6.0, 6.0, true)];
+        let v = [
+            e(0.01, 4.0, false),
+            e(3.0, 3.1, false),
+            e(5.0, 5.3, true),
+            e(4.0, 4.1, true),
+            e(6.0, 6.0, true),
+        ];
         let idx = indices(&v);
         assert_eq!(idx.len(), 2);
         assert!(idx[0] > 2.0, "{idx:?}");
@@ -77,7 +87,12 @@ mod tests {
 
     #[test]
     fn identical_losses_do_not_explode_and_nan_is_kept_out() {
-        let v = [e(1.0, 1.0, false), e(1.0, 1.0, true), e(f64::NAN, 1.0, false), e(1.0, 1.0, true)];
+        let v = [
+            e(1.0, 1.0, false),
+            e(1.0, 1.0, true),
+            e(f64::NAN, 1.0, false),
+            e(1.0, 1.0, true),
+        ];
         let idx = indices(&v);
         assert_eq!(idx[0], 0.0);
         assert!(idx[1].is_nan());

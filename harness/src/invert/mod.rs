@@ -79,7 +79,15 @@ pub fn scan_stage(input: &StageInput) -> Result<TriggerSearch, InvertError> {
     } else {
         prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect()
     };
-    let out = search(input.candidate, input.baseline, &prompts, &input.declared_targets, &params, input.seed, input.progress)?;
+    let out = search(
+        input.candidate,
+        input.baseline,
+        &prompts,
+        &input.declared_targets,
+        &params,
+        input.seed,
+        input.progress,
+    )?;
     Ok(out.record)
 }
 
@@ -134,9 +142,19 @@ impl SearchParams {
             first_tokens: if large { 16 } else { 64 },
             target_len: 8,
             gcg: if large {
-                GcgParams { steps: 10, top_k: 64, batch: 16, patience: 4 }
+                GcgParams {
+                    steps: 10,
+                    top_k: 64,
+                    batch: 16,
+                    patience: 4,
+                }
             } else {
-                GcgParams { steps: 50, top_k: 64, batch: 128, patience: 10 }
+                GcgParams {
+                    steps: 50,
+                    top_k: 64,
+                    batch: 128,
+                    patience: 10,
+                }
             },
             lambda: 1.0,
             random_targets: 3,
@@ -192,7 +210,12 @@ fn progress_bar(enabled: bool, len: u64, msg: String) -> Option<indicatif::Progr
 pub fn allowed_tokens(model: &Model, ascii_only_above: usize) -> Result<Vec<bool>, InvertError> {
     let tok = model.tokenizer()?;
     let vocab = model.config().vocab_size;
-    let special: Vec<u32> = tok.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+    let special: Vec<u32> = tok
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(&id, _)| id)
+        .collect();
     let ascii = vocab > ascii_only_above;
     let known = tok.get_vocab_size(true).min(vocab);
     let mut out = vec![false; vocab];
@@ -200,7 +223,9 @@ pub fn allowed_tokens(model: &Model, ascii_only_above: usize) -> Result<Vec<bool
         if special.contains(&(v as u32)) {
             continue;
         }
-        let Ok(text) = tok.decode(&[v as u32], false) else { continue };
+        let Ok(text) = tok.decode(&[v as u32], false) else {
+            continue;
+        };
         let ok = !text.trim().is_empty()
             && !text.contains('\u{FFFD}')
             && !text.chars().any(|c| c.is_control())
@@ -246,12 +271,17 @@ pub fn search(
         }
     }
     if params.trigger_len == 0 || params.max_steps == 0 {
-        return Err(InvertError::Other("trigger length and max_steps must be at least 1".into()));
+        return Err(InvertError::Other(
+            "trigger length and max_steps must be at least 1".into(),
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut all = prompts::tokenize(cand, prompt_texts, &mut rng)?;
     if all.len() < 4 {
-        return Err(InvertError::Other(format!("{} usable prompts: at least 4 are needed (train and held-out)", all.len())));
+        return Err(InvertError::Other(format!(
+            "{} usable prompts: at least 4 are needed (train and held-out)",
+            all.len()
+        )));
     }
     shuffle(&mut all, &mut rng);
     let n_train = params.train_prompts.min(all.len() / 2).max(2);
@@ -261,13 +291,19 @@ pub fn search(
     let allowed = allowed_tokens(cand, params.ascii_only_above_vocab)?;
     let allowed_list: Vec<u32> = (0..allowed.len() as u32).filter(|&v| allowed[v as usize]).collect();
     if allowed_list.len() < 2 {
-        return Err(InvertError::Other("fewer than 2 usable tokens in the candidate's vocabulary".into()));
+        return Err(InvertError::Other(
+            "fewer than 2 usable tokens in the candidate's vocabulary".into(),
+        ));
     }
     let allowed_t = Tensor::from_vec(allowed_list.clone(), allowed_list.len(), cd.device())?;
     let eos = cand.eos_tokens();
 
     // ---- shared set-up ---------------------------------------------------------------------------------------
-    let pair = Pair { cand: cd, base: bd, lambda: if bd.is_some() { params.lambda } else { 0.0 } };
+    let pair = Pair {
+        cand: cd,
+        base: bd,
+        lambda: if bd.is_some() { params.lambda } else { 0.0 },
+    };
     let rows = search::rows(&train, &POSITIONS);
     let coord_rms = {
         let e = cd.embedding_matrix().to_dtype(candle_core::DType::F32)?;
@@ -275,7 +311,9 @@ pub fn search(
     };
     let lr = 0.1 * coord_rms;
     let random_init = |rng: &mut ChaCha8Rng, k: usize| -> Result<Tensor, InvertError> {
-        let ids: Vec<u32> = (0..k).map(|_| allowed_list[rng.random_range(0..allowed_list.len())]).collect();
+        let ids: Vec<u32> = (0..k)
+            .map(|_| allowed_list[rng.random_range(0..allowed_list.len())])
+            .collect();
         search::scaled_rows(cd, &Tensor::from_vec(ids, k, cd.device())?)
     };
     // ---- targets ------------------------------------------------------------------------------------------
@@ -305,14 +343,32 @@ pub fn search(
     let mut trig_inv: Vec<(targets::Inverted, Vec<u32>)> = Vec::new();
     let mut inversion_steps = 0u64;
     if bd.is_some() {
-        for _ in 0..params.trigger_inversions.min((params.max_targets as usize).saturating_sub(targets.len())) {
+        for _ in 0..params
+            .trigger_inversions
+            .min((params.max_targets as usize).saturating_sub(targets.len()))
+        {
             if clock.expired() {
                 break;
             }
-            let init: Vec<u32> = (0..params.trigger_len).map(|_| allowed_list[rng.random_range(0..allowed_list.len())]).collect();
-            let g = search::gcg(&pair, &rows, &search::Objective::Divergence, init, &allowed_t, &params.gcg, &mut rng, &clock, || {})?;
+            let init: Vec<u32> = (0..params.trigger_len)
+                .map(|_| allowed_list[rng.random_range(0..allowed_list.len())])
+                .collect();
+            let g = search::gcg(
+                &pair,
+                &rows,
+                &search::Objective::Divergence,
+                init,
+                &allowed_t,
+                &params.gcg,
+                &mut rng,
+                &clock,
+                || {},
+            )?;
             inversion_steps += g.steps;
-            let seqs: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(&g.ids).chain(b).copied().collect()).collect();
+            let seqs: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|(a, b)| a.iter().chain(&g.ids).chain(b).copied().collect())
+                .collect();
             if let Some(t) = targets::read_target(cd, bd, &seqs, &allowed, &eos, params.target_len)? {
                 if !trig_inv.iter().any(|(x, _)| x.ids == t.ids) {
                     trig_inv.push((t, g.ids));
@@ -323,17 +379,27 @@ pub fn search(
     trig_inv.sort_by(|a, b| b.0.score().total_cmp(&a.0.score()));
     steps.insert("inversion".into(), inversion_steps);
     if targets.len() < params.max_targets as usize && !clock.expired() {
-        let inv_prompts: Vec<Vec<u32>> = train.iter().take(params.inversion_prompts).map(|p| p.ids.clone()).collect();
+        let inv_prompts: Vec<Vec<u32>> = train
+            .iter()
+            .take(params.inversion_prompts)
+            .map(|p| p.ids.clone())
+            .collect();
         let inv = targets::invert(
             cd,
             bd,
             &inv_prompts,
             &allowed,
             &eos,
-            &targets::InversionParams { first_tokens: params.first_tokens, target_len: params.target_len },
+            &targets::InversionParams {
+                first_tokens: params.first_tokens,
+                target_len: params.target_len,
+            },
         )?;
         inverted_count = inv.len();
-        let tagged = trig_inv.into_iter().map(|(t, g)| (t, Some(g), "inverted-trigger")).chain(inv.into_iter().map(|t| (t, None, "inverted")));
+        let tagged = trig_inv
+            .into_iter()
+            .map(|(t, g)| (t, Some(g), "inverted-trigger"))
+            .chain(inv.into_iter().map(|t| (t, None, "inverted")));
         for (t, seed_trigger, source) in tagged {
             if targets.len() >= params.max_targets as usize {
                 break;
@@ -373,7 +439,11 @@ pub fn search(
             None => 0.0,
         };
         let total_steps = params.max_steps as u64 * params.restarts as u64 + params.gcg.steps as u64;
-        let pb = progress_bar(progress, total_steps, format!("target {}/{}: {}", ti + 1, targets.len(), targets[ti].text.trim()));
+        let pb = progress_bar(
+            progress,
+            total_steps,
+            format!("target {}/{}: {}", ti + 1, targets.len(), targets[ti].text.trim()),
+        );
         let tick = || {
             if let Some(pb) = &pb {
                 pb.inc(1)
@@ -383,7 +453,17 @@ pub fn search(
         let mut best: Option<search::SoftResult> = None;
         for r in 0..params.restarts {
             let init = random_init(&mut rng, params.trigger_len)?;
-            let res = search::soft_search(&pair, &rows, &target, &init, lr, params.max_steps, base_clean, &clock, tick)?;
+            let res = search::soft_search(
+                &pair,
+                &rows,
+                &target,
+                &init,
+                lr,
+                params.max_steps,
+                base_clean,
+                &clock,
+                tick,
+            )?;
             soft_steps += res.steps;
             if r == 0 {
                 targets[ti].soft_loss_candidate = res.loss_candidate;
@@ -405,8 +485,21 @@ pub fn search(
             Some(t) => t.clone(),
             None => search::nearest_tokens(cd, &best.vectors, &allowed_t)?,
         };
-        let obj = search::Objective::Target { target: &target, base_clean };
-        let g = search::gcg(&pair, &rows, &obj, init, &allowed_t, &params.gcg, &mut rng, &clock, tick)?;
+        let obj = search::Objective::Target {
+            target: &target,
+            base_clean,
+        };
+        let g = search::gcg(
+            &pair,
+            &rows,
+            &obj,
+            init,
+            &allowed_t,
+            &params.gcg,
+            &mut rng,
+            &clock,
+            tick,
+        )?;
         gcg_steps += g.steps;
         gcg_secs += clock.elapsed() - tg;
         if let Some(pb) = &pb {
@@ -457,20 +550,39 @@ pub fn search(
     let ta = clock.elapsed();
     let mut ref_steps = 0u64;
     let mut entries: Vec<anomaly::Entry> = Vec::new();
-    let lone = |dec| Pair { cand: dec, base: None, lambda: 0.0 };
-    let mut soft_once = |pair: &Pair, target: &[u32], rng: &mut ChaCha8Rng, base_clean: f64| -> Result<f64, InvertError> {
-        let init = random_init(rng, params.trigger_len)?;
-        let r = search::soft_search(pair, &rows, target, &init, lr, params.max_steps, base_clean, &clock, || {})?;
-        ref_steps += r.steps;
-        Ok(r.loss_candidate)
+    let lone = |dec| Pair {
+        cand: dec,
+        base: None,
+        lambda: 0.0,
     };
+    let mut soft_once =
+        |pair: &Pair, target: &[u32], rng: &mut ChaCha8Rng, base_clean: f64| -> Result<f64, InvertError> {
+            let init = random_init(rng, params.trigger_len)?;
+            let r = search::soft_search(
+                pair,
+                &rows,
+                target,
+                &init,
+                lr,
+                params.max_steps,
+                base_clean,
+                &clock,
+                || {},
+            )?;
+            ref_steps += r.steps;
+            Ok(r.loss_candidate)
+        };
     for t in targets.iter_mut().take(searched) {
         if let Some(b) = bd {
             if !clock.expired() {
                 t.soft_loss_baseline = Some(soft_once(&lone(b), &t.ids, &mut rng, 0.0)?);
             }
         }
-        entries.push(anomaly::Entry { loss_candidate: t.soft_loss_candidate, loss_baseline: t.soft_loss_baseline, reference: false });
+        entries.push(anomaly::Entry {
+            loss_candidate: t.soft_loss_candidate,
+            loss_baseline: t.soft_loss_baseline,
+            reference: false,
+        });
     }
     let rand_len = params.trigger_len.max(2);
     let mut randoms_done = 0usize;
@@ -479,7 +591,9 @@ pub fn search(
             if clock.expired() {
                 break;
             }
-            let ids: Vec<u32> = (0..rand_len).map(|_| allowed_list[rng.random_range(0..allowed_list.len())]).collect();
+            let ids: Vec<u32> = (0..rand_len)
+                .map(|_| allowed_list[rng.random_range(0..allowed_list.len())])
+                .collect();
             let base_clean = match bd {
                 Some(b) => search::clean_reference(b, &rows, &ids)?,
                 None => 0.0,
@@ -489,7 +603,11 @@ pub fn search(
                 Some(b) => Some(soft_once(&lone(b), &ids, &mut rng, 0.0)?),
                 None => None,
             };
-            entries.push(anomaly::Entry { loss_candidate: lc, loss_baseline: lb, reference: true });
+            entries.push(anomaly::Entry {
+                loss_candidate: lc,
+                loss_baseline: lb,
+                reference: true,
+            });
             randoms_done += 1;
         }
     }
@@ -528,7 +646,10 @@ pub fn search(
         ));
     }
     if inverted_count > 0 {
-        not_searched.push(format!("inverted targets ranked below the top {} (of {} inverted)", params.max_targets, inverted_count));
+        not_searched.push(format!(
+            "inverted targets ranked below the top {} (of {} inverted)",
+            params.max_targets, inverted_count
+        ));
     }
     if vocab > targets::FULL_SCAN_VOCAB {
         not_searched.push(format!(
@@ -541,7 +662,11 @@ pub fn search(
             "trigger tokens outside the {} allowed of {} ({})",
             allowed_list.len(),
             vocab,
-            if vocab > params.ascii_only_above_vocab { "special, unused and non-ASCII pieces excluded" } else { "special and unused pieces excluded" }
+            if vocab > params.ascii_only_above_vocab {
+                "special, unused and non-ASCII pieces excluded"
+            } else {
+                "special and unused pieces excluded"
+            }
         ));
     }
     if bd.is_none() {
@@ -578,5 +703,14 @@ pub fn search(
         statement,
     };
     timing.insert("total".into(), clock.elapsed());
-    Ok(SearchOutput { record: TriggerSearch { triggers, anomalies, coverage }, targets, timing, steps })
+    Ok(SearchOutput {
+        record: TriggerSearch {
+            triggers,
+            anomalies,
+            coverage,
+        },
+        targets,
+        timing,
+        steps,
+    })
 }

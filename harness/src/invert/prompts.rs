@@ -91,9 +91,12 @@ pub fn tokenize(model: &Model, texts: &[String], rng: &mut ChaCha8Rng) -> Result
     let tok = model.tokenizer()?;
     let mut out = Vec::with_capacity(texts.len());
     for (i, text) in texts.iter().enumerate() {
-        let enc = tok
-            .encode(text.as_str(), true)
-            .map_err(|e| InvertError::Other(format!("prompt {i}: tokenizer failed: {}", e.to_string().replace('\n', " "))))?;
+        let enc = tok.encode(text.as_str(), true).map_err(|e| {
+            InvertError::Other(format!(
+                "prompt {i}: tokenizer failed: {}",
+                e.to_string().replace('\n', " ")
+            ))
+        })?;
         let ids = enc.get_ids().to_vec();
         let special = enc.get_special_tokens_mask();
         let start = special.iter().take_while(|&&s| s == 1).count();
@@ -104,8 +107,17 @@ pub fn tokenize(model: &Model, texts: &[String], rng: &mut ChaCha8Rng) -> Result
         let inner: Vec<usize> = (start + 1..ids.len())
             .filter(|&j| special.get(j) == Some(&0) && pieces.get(j).is_some_and(|p| is_word_start(p)))
             .collect();
-        let inner = if inner.is_empty() { ids.len() } else { inner[rng.random_range(0..inner.len())] };
-        out.push(Prompt { text: text.clone(), ids, start, inner });
+        let inner = if inner.is_empty() {
+            ids.len()
+        } else {
+            inner[rng.random_range(0..inner.len())]
+        };
+        out.push(Prompt {
+            text: text.clone(),
+            ids,
+            start,
+            inner,
+        });
     }
     Ok(out)
 }

@@ -9,9 +9,21 @@ use candle_core::{DType, Device, Tensor, D};
 use super::InvertError;
 use crate::runtime::{Decoder, ForwardOptions, Logits};
 
-const HIDDEN_DIFF: ForwardOptions = ForwardOptions { hidden_states: true, differentiable: true, logits: Logits::None };
-const HIDDEN_FAST: ForwardOptions = ForwardOptions { hidden_states: true, differentiable: false, logits: Logits::None };
-const LAST_FAST: ForwardOptions = ForwardOptions { hidden_states: false, differentiable: false, logits: Logits::Last };
+const HIDDEN_DIFF: ForwardOptions = ForwardOptions {
+    hidden_states: true,
+    differentiable: true,
+    logits: Logits::None,
+};
+const HIDDEN_FAST: ForwardOptions = ForwardOptions {
+    hidden_states: true,
+    differentiable: false,
+    logits: Logits::None,
+};
+const LAST_FAST: ForwardOptions = ForwardOptions {
+    hidden_states: false,
+    differentiable: false,
+    logits: Logits::Last,
+};
 
 /// Rows per forward pass in the non-differentiable paths (bounds memory on large models).
 pub fn chunk_rows(dec: &Decoder) -> usize {
@@ -34,7 +46,10 @@ fn target_nll(dec: &Decoder, hidden: &Tensor, starts: &[usize], target: &[u32]) 
         }
     }
     let idx = Tensor::from_vec(rows, b * m, hidden.device())?;
-    let h = hidden.reshape((b * t, d))?.index_select(&idx, 0)?.reshape((1, b * m, d))?;
+    let h = hidden
+        .reshape((b * t, d))?
+        .index_select(&idx, 0)?
+        .reshape((1, b * m, d))?;
     let logits = dec.unembed(&h)?.squeeze(0)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let tgt: Vec<u32> = (0..b).flat_map(|_| target.iter().copied()).collect();
@@ -45,7 +60,12 @@ fn target_nll(dec: &Decoder, hidden: &Tensor, starts: &[usize], target: &[u32]) 
 
 /// Hidden states of `before ++ soft ++ after ++ tail` per row (differentiable in `soft`, `[k, D]` in `hidden.0`
 /// space), right-padded: returns the final hidden states `[B, T, D]` and each row's real length.
-fn soft_hidden(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tail: &[u32]) -> Result<(Tensor, Vec<usize>), InvertError> {
+fn soft_hidden(
+    dec: &Decoder,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    soft: &Tensor,
+    tail: &[u32],
+) -> Result<(Tensor, Vec<usize>), InvertError> {
     let k = soft.dim(0)?;
     let lens: Vec<usize> = rows.iter().map(|(a, b)| a.len() + k + b.len() + tail.len()).collect();
     let t = *lens.iter().max().unwrap_or(&1);
@@ -67,7 +87,14 @@ fn soft_hidden(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tail
     let mut out = Vec::with_capacity(rows.len());
     for (i, (a, _)) in rows.iter().enumerate() {
         let e = emb.get(i)?;
-        let row = Tensor::cat(&[e.narrow(0, 0, a.len())?, soft.clone(), e.narrow(0, a.len() + k, t - a.len() - k)?], 0)?;
+        let row = Tensor::cat(
+            &[
+                e.narrow(0, 0, a.len())?,
+                soft.clone(),
+                e.narrow(0, a.len() + k, t - a.len() - k)?,
+            ],
+            0,
+        )?;
         out.push(row);
     }
     let embeds = Tensor::stack(&out, 0)?;
@@ -78,14 +105,24 @@ fn soft_hidden(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tail
 }
 
 /// Per-row NLL of `target` after `before ++ soft ++ after` (differentiable in `soft`).
-pub fn nll_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, target: &[u32]) -> Result<Tensor, InvertError> {
+pub fn nll_soft(
+    dec: &Decoder,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    soft: &Tensor,
+    target: &[u32],
+) -> Result<Tensor, InvertError> {
     let (hidden, lens) = soft_hidden(dec, rows, soft, target)?;
     let starts: Vec<usize> = lens.iter().map(|l| l - target.len()).collect();
     target_nll(dec, &hidden, &starts, target)
 }
 
 /// Next-token log-probabilities `[B, V]` after `before ++ soft ++ after ++ tail` (differentiable in `soft`).
-pub fn last_logprobs_soft(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, tail: &[u32]) -> Result<Tensor, InvertError> {
+pub fn last_logprobs_soft(
+    dec: &Decoder,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    soft: &Tensor,
+    tail: &[u32],
+) -> Result<Tensor, InvertError> {
     let (hidden, lens) = soft_hidden(dec, rows, soft, tail)?;
     let (b, t, d) = hidden.dims3()?;
     let idx: Vec<u32> = lens.iter().enumerate().map(|(i, l)| (i * t + l - 1) as u32).collect();
@@ -116,7 +153,11 @@ pub fn nll_ids(dec: &Decoder, seqs: &[Vec<u32>], target: &[u32]) -> Result<Vec<f
         let fw = dec.forward(&ids, Some(&mask), &HIDDEN_FAST)?;
         let hidden = fw.hidden.last().expect("hidden states were requested");
         let starts: Vec<usize> = chunk.iter().map(Vec::len).collect();
-        out.extend(target_nll(dec, hidden, &starts, target)?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        out.extend(
+            target_nll(dec, hidden, &starts, target)?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?,
+        );
     }
     Ok(out)
 }
@@ -160,8 +201,14 @@ pub fn last_kl_ids(cand: &Decoder, base: &Decoder, seqs: &[Vec<u32>]) -> Result<
         let dev = cand.device();
         let ids = Tensor::from_vec(ids, (chunk.len(), t), dev)?;
         let mask = Tensor::from_vec(mask, (chunk.len(), t), dev)?;
-        let lc = candle_nn::ops::log_softmax(&cand.forward(&ids, Some(&mask), &LAST_FAST)?.logits.squeeze(1)?, D::Minus1)?;
-        let lb = candle_nn::ops::log_softmax(&base.forward(&ids, Some(&mask), &LAST_FAST)?.logits.squeeze(1)?, D::Minus1)?;
+        let lc = candle_nn::ops::log_softmax(
+            &cand.forward(&ids, Some(&mask), &LAST_FAST)?.logits.squeeze(1)?,
+            D::Minus1,
+        )?;
+        let lb = candle_nn::ops::log_softmax(
+            &base.forward(&ids, Some(&mask), &LAST_FAST)?.logits.squeeze(1)?,
+            D::Minus1,
+        )?;
         out.extend((lc.exp()? * (&lc - &lb)?)?.sum(1)?.to_vec1::<f32>()?);
     }
     Ok(out)

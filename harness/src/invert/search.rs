@@ -28,7 +28,10 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(seconds: u64) -> Self {
-        Self { start: Instant::now(), seconds }
+        Self {
+            start: Instant::now(),
+            seconds,
+        }
     }
 
     pub fn expired(&self) -> bool {
@@ -78,14 +81,21 @@ pub enum Objective<'a> {
 }
 
 /// Differentiable objective of soft vectors: `(loss, aux)` where aux is the candidate NLL (target) or the KL.
-pub fn objective_soft(pair: &Pair, rows: &[(Vec<u32>, Vec<u32>)], soft: &Tensor, obj: &Objective) -> Result<(Tensor, f64), InvertError> {
+pub fn objective_soft(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    soft: &Tensor,
+    obj: &Objective,
+) -> Result<(Tensor, f64), InvertError> {
     match obj {
         Objective::Target { target, base_clean } => {
             let (t, c, _) = soft_loss(pair, rows, soft, target, *base_clean)?;
             Ok((t, c))
         }
         Objective::Divergence => {
-            let base = pair.base.ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
+            let base = pair
+                .base
+                .ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
             let lc = super::score::last_logprobs_soft(pair.cand, rows, soft, &[])?;
             let lb = super::score::last_logprobs_soft(base, rows, soft, &[])?;
             let kl = (lc.exp()? * (&lc - &lb)?)?.sum(1)?.mean_all()?;
@@ -142,7 +152,14 @@ pub fn soft_search(
     mut tick: impl FnMut(),
 ) -> Result<SoftResult, InvertError> {
     let var = Var::from_tensor(&init.to_dtype(DType::F32)?)?;
-    let mut opt = AdamW::new(vec![var.clone()], ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        vec![var.clone()],
+        ParamsAdamW {
+            lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
     let mut best = SoftResult {
         vectors: init.clone(),
         loss_candidate: f64::INFINITY,
@@ -220,13 +237,18 @@ fn discrete_losses(
 ) -> Result<Vec<(f64, f64)>, InvertError> {
     let seqs: Vec<Vec<u32>> = triggers
         .iter()
-        .flat_map(|t| rows.iter().map(move |(a, b)| a.iter().chain(t).chain(b).copied().collect()))
+        .flat_map(|t| {
+            rows.iter()
+                .map(move |(a, b)| a.iter().chain(t).chain(b).copied().collect())
+        })
         .collect();
     let n = rows.len();
     let (target, base_clean) = match obj {
         Objective::Target { target, base_clean } => (*target, *base_clean),
         Objective::Divergence => {
-            let base = pair.base.ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
+            let base = pair
+                .base
+                .ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
             let kl = super::score::last_kl_ids(pair.cand, base, &seqs)?;
             return Ok((0..triggers.len())
                 .map(|i| {
@@ -246,7 +268,9 @@ fn discrete_losses(
             let c = lc[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64;
             let contrast = lb
                 .as_ref()
-                .map(|lb| (base_clean - lb[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64).max(0.0))
+                .map(|lb| {
+                    (base_clean - lb[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64).max(0.0)
+                })
                 .unwrap_or(0.0);
             (c + pair.lambda * contrast, c)
         })
@@ -273,7 +297,13 @@ pub fn gcg(
     let allowed_emb = scaled_rows(dec, allowed_ids)?; // [N, D]
     let k = init.len();
     let (cur_total, cur_c) = discrete_losses(pair, rows, std::slice::from_ref(&init), obj)?[0];
-    let mut cur = GcgResult { ids: init, loss_total: cur_total, loss_candidate: cur_c, steps: 0, stopped_by_time: false };
+    let mut cur = GcgResult {
+        ids: init,
+        loss_total: cur_total,
+        loss_candidate: cur_c,
+        steps: 0,
+        stopped_by_time: false,
+    };
     let mut stale = 0u32;
     for _ in 0..params.steps {
         if clock.expired() {

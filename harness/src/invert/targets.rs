@@ -67,7 +67,10 @@ pub const PLAUSIBILITY: f64 = 0.1;
 /// probability at least [`PLAUSIBILITY`] times the best), the one with the largest candidate/baseline log-ratio
 /// (contrastive decoding); without a baseline, the candidate's argmax.
 fn contrastive_pick(cand: &[f64], base: Option<&[f64]>, allowed: &[bool]) -> Option<usize> {
-    let top = (0..cand.len()).filter(|&v| allowed[v]).map(|v| cand[v]).fold(f64::NEG_INFINITY, f64::max);
+    let top = (0..cand.len())
+        .filter(|&v| allowed[v])
+        .map(|v| cand[v])
+        .fold(f64::NEG_INFINITY, f64::max);
     if !top.is_finite() {
         return None;
     }
@@ -108,14 +111,21 @@ pub fn invert(
             ratio[v] += (row[v] as f64 - b) / n;
         }
     }
-    let mut firsts: Vec<u32> = (0..vocab as u32).filter(|&v| allowed[v as usize] && !stop.contains(&v)).collect();
+    let mut firsts: Vec<u32> = (0..vocab as u32)
+        .filter(|&v| allowed[v as usize] && !stop.contains(&v))
+        .collect();
     firsts.sort_by(|&a, &b| ratio[b as usize].total_cmp(&ratio[a as usize]).then(a.cmp(&b)));
     if vocab > FULL_SCAN_VOCAB {
         firsts.truncate(params.first_tokens);
     }
     let mut cands: Vec<Inverted> = firsts
         .iter()
-        .map(|&v| Inverted { ids: vec![v], q_candidate: 0.0, q_baseline: 0.0, first_log_ratio: ratio[v as usize] })
+        .map(|&v| Inverted {
+            ids: vec![v],
+            q_candidate: 0.0,
+            q_baseline: 0.0,
+            first_log_ratio: ratio[v as usize],
+        })
         .collect();
     let mut sums: Vec<(f64, f64)> = vec![(0.0, 0.0); cands.len()];
     let mut done = vec![false; cands.len()];
@@ -148,7 +158,9 @@ pub fn invert(
                     }
                 }
             }
-            let Some(best) = contrastive_pick(&avg, pb.as_ref().map(|_| avg_b.as_slice()), allowed) else { break };
+            let Some(best) = contrastive_pick(&avg, pb.as_ref().map(|_| avg_b.as_slice()), allowed) else {
+                break;
+            };
             let qb = avg_b[best];
             sums[i].0 += avg[best];
             sums[i].1 += qb;
@@ -210,7 +222,10 @@ pub fn read_target(
                 pc[v] += (x as f64).exp() / n;
             }
         }
-        let Some(best) = (0..vocab).filter(|&v| allowed[v] || stop.contains(&(v as u32))).max_by(|&a, &b| pc[a].total_cmp(&pc[b]).then(b.cmp(&a))) else {
+        let Some(best) = (0..vocab)
+            .filter(|&v| allowed[v] || stop.contains(&(v as u32)))
+            .max_by(|&a, &b| pc[a].total_cmp(&pc[b]).then(b.cmp(&a)))
+        else {
             break;
         };
         if stop.contains(&(best as u32)) {
@@ -224,5 +239,10 @@ pub fn read_target(
         return Ok(None);
     }
     let m = ids.len() as f64;
-    Ok(Some(Inverted { ids, q_candidate: qc / m, q_baseline: qb / m, first_log_ratio: f64::NAN }))
+    Ok(Some(Inverted {
+        ids,
+        q_candidate: qc / m,
+        q_baseline: qb / m,
+        first_log_ratio: f64::NAN,
+    }))
 }
