@@ -30,7 +30,7 @@ fn fixtures() -> PathBuf {
         .unwrap_or_else(|| repo().join("../shared/fixtures"))
 }
 
-fn load(path: &PathBuf) -> Option<Model> {
+fn load(path: &std::path::Path) -> Option<Model> {
     if !path.exists() {
         eprintln!("SKIPPED {}: not found", path.display());
         return None;
