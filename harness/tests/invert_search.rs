@@ -15,7 +15,11 @@ use trapdoor::runtime::{LoadOptions, Model};
 use trapdoor_reports::record::{Position, TriggerSearch};
 
 fn zoo(name: &str) -> String {
-    common::fixtures().join("zoo-dev").join(name).to_string_lossy().into_owned()
+    common::fixtures()
+        .join("zoo-dev")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// stories-base (baseline) and stories-bd-lora-adapter merged into it (candidate), loaded once per test binary.
@@ -23,7 +27,10 @@ fn models() -> &'static (Model, Model) {
     static M: OnceLock<(Model, Model)> = OnceLock::new();
     M.get_or_init(|| {
         let base = Model::load(&zoo("stories-base"), &LoadOptions::default()).unwrap();
-        let opts = LoadOptions { adapter: Some(zoo("stories-bd-lora-adapter").into()), ..Default::default() };
+        let opts = LoadOptions {
+            adapter: Some(zoo("stories-bd-lora-adapter").into()),
+            ..Default::default()
+        };
         let cand = Model::load(&zoo("stories-base"), &opts).unwrap();
         (cand, base)
     })
@@ -44,22 +51,45 @@ fn soft_trigger_gets_a_gradient_and_the_baseline_contrast_is_active() {
     let soft = Var::from_tensor(&search::scaled_rows(cand.decoder(), &ids).unwrap()).unwrap();
 
     // Candidate-only loss: the gradient reaches the soft trigger.
-    let lone = Pair { cand: cand.decoder(), base: None, lambda: 0.0 };
+    let lone = Pair {
+        cand: cand.decoder(),
+        base: None,
+        lambda: 0.0,
+    };
     let (l0, lc0, c0) = soft_loss(&lone, &r, soft.as_tensor(), &target, 0.0).unwrap();
     assert_eq!(c0, 0.0);
-    let g0 = l0.backward().unwrap().get(soft.as_tensor()).expect("the soft trigger got no gradient").clone();
+    let g0 = l0
+        .backward()
+        .unwrap()
+        .get(soft.as_tensor())
+        .expect("the soft trigger got no gradient")
+        .clone();
     assert!(g0.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
 
     // With a baseline and a reference point above the baseline's NLL, the contrast term is positive and changes
     // the gradient (it flows through the baseline's forward too).
-    let nll_b = score::nll_soft(base.decoder(), &r, soft.as_tensor(), &target).unwrap().mean_all().unwrap();
+    let nll_b = score::nll_soft(base.decoder(), &r, soft.as_tensor(), &target)
+        .unwrap()
+        .mean_all()
+        .unwrap();
     let nll_b = nll_b.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-    let pair = Pair { cand: cand.decoder(), base: Some(base.decoder()), lambda: 1.0 };
+    let pair = Pair {
+        cand: cand.decoder(),
+        base: Some(base.decoder()),
+        lambda: 1.0,
+    };
     let (l1, lc1, c1) = soft_loss(&pair, &r, soft.as_tensor(), &target, nll_b + 1.0).unwrap();
     assert!((lc1 - lc0).abs() < 1e-6, "{lc1} vs {lc0}");
     assert!((c1 - 1.0).abs() < 1e-4, "contrast term {c1}, expected 1.0");
     let g1 = l1.backward().unwrap().get(soft.as_tensor()).unwrap().clone();
-    let diff = (g1 - g0).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (g1 - g0)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff > 0.0, "the contrast term did not change the gradient");
 
     // Below the reference point the hinge is inactive.
@@ -68,7 +98,13 @@ fn soft_trigger_gets_a_gradient_and_the_baseline_contrast_is_active() {
 }
 
 fn tiny_params(budget_seconds: u64) -> SearchParams {
-    let stage = TriggerSearchStage { enabled: true, budget_seconds, max_steps: 4, restarts: 1, max_targets: 2 };
+    let stage = TriggerSearchStage {
+        enabled: true,
+        budget_seconds,
+        max_steps: 4,
+        restarts: 1,
+        max_targets: 2,
+    };
     let mut p = SearchParams::from_stage(&stage, 1);
     p.trigger_len = 2;
     p.train_prompts = 4;
@@ -77,7 +113,12 @@ fn tiny_params(budget_seconds: u64) -> SearchParams {
     p.target_len = 3;
     p.trigger_inversions = 1;
     p.random_targets = 2;
-    p.gcg = GcgParams { steps: 2, top_k: 8, batch: 4, patience: 2 };
+    p.gcg = GcgParams {
+        steps: 2,
+        top_k: 8,
+        batch: 4,
+        patience: 2,
+    };
     p
 }
 
@@ -106,14 +147,21 @@ fn search_is_deterministic_and_fills_the_record() {
         }
     }
     assert_eq!(r.anomalies.len(), 2);
-    assert!(r.anomalies.iter().all(|x| x.index.0.is_finite() && x.loss_baseline.is_some()));
+    assert!(r
+        .anomalies
+        .iter()
+        .all(|x| x.index.0.is_finite() && x.loss_baseline.is_some()));
     let c = &r.coverage;
     assert_eq!(c.trigger_lengths, vec![2]);
     assert_eq!(c.positions.len(), 3);
     assert_eq!(c.targets.len(), 2);
     assert!(c.steps > 0);
     assert!(c.statement.contains("stopped by steps"), "{}", c.statement);
-    assert!(c.not_searched.iter().any(|n| n.contains("other lengths than 2 tokens")), "{:?}", c.not_searched);
+    assert!(
+        c.not_searched.iter().any(|n| n.contains("other lengths than 2 tokens")),
+        "{:?}",
+        c.not_searched
+    );
 }
 
 #[test]
@@ -125,32 +173,58 @@ fn the_time_cap_stops_the_search_and_the_coverage_says_so() {
     assert!(out.record.triggers.is_empty());
     let c = &out.record.coverage;
     assert!(c.statement.contains("stopped by time"), "{}", c.statement);
-    assert!(c.not_searched.iter().any(|n| n.contains("1 of 1 selected targets")), "{:?}", c.not_searched);
+    assert!(
+        c.not_searched.iter().any(|n| n.contains("1 of 1 selected targets")),
+        "{:?}",
+        c.not_searched
+    );
 }
 
 #[test]
 fn a_baseline_with_another_embedding_space_is_refused() {
     let (cand, _) = models();
-    let other = Model::load(common::fixtures().join("models/stories260K.gguf").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let other = Model::load(
+        common::fixtures().join("models/stories260K.gguf").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     // Same family and sizes: accepted (a budget that has already run out makes this cheap).
     assert!(search(cand, Some(&other), &texts(), &[], &tiny_params(0), 0, false).is_ok());
     let gemma = common::fixtures().join("parity/gemma3");
     let g = Model::load(gemma.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let e = search(cand, Some(&g), &texts(), &[], &tiny_params(0), 0, false).unwrap_err().to_string();
+    let e = search(cand, Some(&g), &texts(), &[], &tiny_params(0), 0, false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("do not share an embedding space"), "{e}");
 }
 
 #[test]
 fn cli_rejects_bad_flags_with_exit_2() {
     let out = Command::new(common::trapdoor_bin())
-        .args(["invert", "--candidate", &zoo("stories-base"), "--baseline", &zoo("stories-base"), "--prompts", "/nonexistent/p.txt"])
+        .args([
+            "invert",
+            "--candidate",
+            &zoo("stories-base"),
+            "--baseline",
+            &zoo("stories-base"),
+            "--prompts",
+            "/nonexistent/p.txt",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--prompts") && err.lines().count() == 1, "{err}");
     let out = Command::new(common::trapdoor_bin())
-        .args(["invert", "--candidate", &zoo("stories-base"), "--baseline", &zoo("stories-base"), "--max-steps", "0"])
+        .args([
+            "invert",
+            "--candidate",
+            &zoo("stories-base"),
+            "--baseline",
+            &zoo("stories-base"),
+            "--max-steps",
+            "0",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -179,5 +253,9 @@ fn cli_prints_the_section_as_json() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let r: TriggerSearch = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.coverage.budget_seconds, Some(1));
-    assert!(r.coverage.statement.contains("stopped by time"), "{}", r.coverage.statement);
+    assert!(
+        r.coverage.statement.contains("stopped by time"),
+        "{}",
+        r.coverage.statement
+    );
 }

@@ -15,9 +15,18 @@ fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
     let zoo = common::fixtures().join("zoo-dev");
     let base_dir = zoo.join("stories-base").to_string_lossy().into_owned();
     let base = Model::load(&base_dir, &LoadOptions::default()).unwrap();
-    let opts = LoadOptions { adapter: Some(zoo.join("stories-bd-lora-adapter")), ..Default::default() };
+    let opts = LoadOptions {
+        adapter: Some(zoo.join("stories-bd-lora-adapter")),
+        ..Default::default()
+    };
     let cand = Model::load(&base_dir, &opts).unwrap();
-    let stage = TriggerSearchStage { enabled: true, budget_seconds: 3600, max_steps: 100, restarts: 1, max_targets: 1 };
+    let stage = TriggerSearchStage {
+        enabled: true,
+        budget_seconds: 3600,
+        max_steps: 100,
+        restarts: 1,
+        max_targets: 1,
+    };
     let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
     params.gcg.steps = 30;
     let texts: Vec<String> = prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect();
@@ -34,6 +43,13 @@ fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
         t.asr_candidate_without_trigger.0
     );
     assert!(t.asr_candidate.0 >= 0.8, "{t:?}");
-    assert!(t.asr_baseline.0 <= 0.1 && t.asr_candidate_without_trigger.0 <= 0.1, "{t:?}");
-    assert!(out.record.coverage.statement.contains("stopped by a verified trigger"), "{}", out.record.coverage.statement);
+    assert!(
+        t.asr_baseline.0 <= 0.1 && t.asr_candidate_without_trigger.0 <= 0.1,
+        "{t:?}"
+    );
+    assert!(
+        out.record.coverage.statement.contains("stopped by a verified trigger"),
+        "{}",
+        out.record.coverage.statement
+    );
 }
