@@ -634,3 +634,16 @@ fn same_inputs_and_seed_give_identical_reports() {
     assert_ne!(trapdoor_reports::render::json::render(&r), a);
     assert_eq!(evaluate(&Policy::default_policy().policy, &r).decision, Decision::Fail);
 }
+
+/// The scan tests run the default policy without the trigger search (`tests/data/scan/policy-probes-only.yaml`):
+/// that copy must not drift from the shipped default in anything else.
+#[test]
+fn the_probes_only_test_policy_is_the_default_without_the_search() {
+    let default = Policy::default_policy().policy;
+    let mut copy = Policy::from_path(&common::repo_root().join("harness/tests/data/scan/policy-probes-only.yaml")).unwrap().policy;
+    assert_eq!(copy.name, "default-probes-only");
+    assert!(!copy.stages.trigger_search.enabled && default.stages.trigger_search.enabled);
+    copy.name = default.name.clone();
+    copy.stages.trigger_search.enabled = true;
+    assert_eq!(copy, default);
+}

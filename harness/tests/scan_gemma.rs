@@ -24,6 +24,8 @@ fn scan(adapter: &str, gguf: &std::path::Path) -> (std::process::Output, tempfil
         .arg("--out")
         .arg(dir.path())
         .arg("--strict")
+        .arg("--policy")
+        .arg(repo_root().join("harness/tests/data/scan/policy-probes-only.yaml"))
         .output()
         .expect("run trapdoor");
     (out, dir)

@@ -20,10 +20,24 @@ fn zoo(name: &str) -> String {
 fn scan_cli(candidate: &str, adapter: Option<&str>, out: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new(trapdoor_bin());
     cmd.args(["scan", "--candidate", candidate, "--baseline", &zoo("stories-base"), "--out"]).arg(out);
+    if !extra.contains(&"--policy") {
+        cmd.arg("--policy").arg(probes_only_policy());
+    }
     if let Some(a) = adapter {
         cmd.args(["--adapter", a]);
     }
     cmd.args(extra).output().expect("run trapdoor")
+}
+
+/// The default policy without the trigger search (which has its own tests); see the file's header.
+fn probes_only_policy() -> PathBuf {
+    common::repo_root().join("harness/tests/data/scan/policy-probes-only.yaml")
+}
+
+fn new_cfg(candidate: String, baseline: String) -> ScanConfig {
+    let mut cfg = ScanConfig::new(candidate, baseline);
+    cfg.policy = trapdoor::gate::policy::Policy::from_path(&probes_only_policy()).unwrap();
+    cfg
 }
 
 fn text(b: &[u8]) -> String {
@@ -61,7 +75,7 @@ fn rerun_with_the_same_seed_is_byte_identical() {
     let (out, dir) = bd_lora_scan();
     assert_eq!(out.status.code(), Some(1));
     // The same scan again, through the library.
-    let mut cfg = ScanConfig::new(zoo("stories-base"), zoo("stories-base"));
+    let mut cfg = new_cfg(zoo("stories-base"), zoo("stories-base"));
     cfg.adapter = Some(PathBuf::from(zoo("stories-bd-lora-adapter")));
     let again = tempfile::tempdir().unwrap();
     cfg.out = Some(again.path().to_path_buf());
@@ -118,7 +132,7 @@ fn differing_token_maps_after_loading() {
     let opts = LoadOptions::default();
     let tamper = Model::load(&zoo("stories-tok-tamper"), &opts).unwrap();
     let base = Model::load(&zoo("stories-base"), &opts).unwrap();
-    let cfg = ScanConfig::new(zoo("stories-tok-tamper"), zoo("stories-base"));
+    let cfg = new_cfg(zoo("stories-tok-tamper"), zoo("stories-base"));
     let e = scan_loaded(&cfg, &tamper, &base, AuditSection::default()).unwrap_err();
     assert!(matches!(e, ScanError::VocabularyMismatch(_)), "{e}");
     assert!(e.to_string().contains("different ids") && !e.to_string().contains('\n'), "{e}");
