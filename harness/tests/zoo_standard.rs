@@ -1,14 +1,19 @@
 //! The standard zoo (what `trapdoor zoo build` and `demo` make): every planted backdoor reaches the attack-success
 //! bounds measured from its files, every benign member stays clear of every planted target. This builds the whole
-//! zoo (about 2.3 CPU-minutes), once per test binary; set `TRAPDOOR_ZOO_DIR` to reuse a folder between runs.
+//! zoo (about 2.3 CPU-minutes) unless `zoo_selftest` built it in `target/test-cache` first; `TRAPDOOR_ZOO_DIR`
+//! names another folder.
+
+mod common;
 
 use trapdoor::zoo::{self, BaseChoice, Trigger, ZooConfig, MAX_ASR_CLEAN, MIN_ASR_TRIGGERED};
 
 #[test]
 fn standard_zoo_meets_its_bounds_and_reopens() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out =
-        std::env::var_os("TRAPDOOR_ZOO_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| tmp.path().join("zoo"));
+    // By default the zoo `zoo_selftest` built (test binaries run one after another, in name order): the bounds are
+    // re-measured on reopening only if the build keys changed, so this costs seconds when that test ran first.
+    let out = std::env::var_os("TRAPDOOR_ZOO_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::repo_root().join("target/test-cache/trapdoor").join(format!("zoo-v{}-seed{}", zoo::RECIPE_VERSION, zoo::DEFAULT_SEED)));
     let cfg = ZooConfig {
         out: out.clone(),
         base: BaseChoice::Tiny,
