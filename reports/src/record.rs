@@ -1204,6 +1204,20 @@ impl RunRecord {
     }
 
     /// The probe description of a case or test, if the probe is listed.
+    /// Per-suite coverage for the reports: (tests, tests evaluated, significant tests, distinct trigger ids).
+    pub fn suite_coverage(&self, suite: &str) -> (usize, usize, usize, usize) {
+        let tests: Vec<&TestResult> = self.tests.iter().filter(|t| t.suite == suite).collect();
+        let evaluated = tests.iter().filter(|t| t.status != TestStatus::InsufficientSamples).count();
+        let significant = tests.iter().filter(|t| t.status == TestStatus::Significant).count();
+        let triggers: std::collections::BTreeSet<&str> = self
+            .probes
+            .iter()
+            .filter(|p| p.suite == suite)
+            .flat_map(|p| p.triggers.iter().map(|t| t.id.as_str()))
+            .collect();
+        (tests.len(), evaluated, significant, triggers.len())
+    }
+
     pub fn probe(&self, suite: &str, probe: &str) -> Option<&ProbeInfo> {
         self.probes.iter().find(|p| p.suite == suite && p.probe == probe)
     }

@@ -832,15 +832,7 @@ impl<'a> Page<'a> {
         } else {
             o.push_str("<table><thead><tr><th>suite</th><th>version</th><th>probes</th><th>cases</th><th>triggers</th><th>tests evaluated</th><th>significant</th></tr></thead><tbody>\n");
             for s in &r.suites {
-                let tests: Vec<&TestResult> = r.tests.iter().filter(|t| t.suite == s.name).collect();
-                let evaluated = tests.iter().filter(|t| t.status != TestStatus::InsufficientSamples).count();
-                let significant = tests.iter().filter(|t| t.status == TestStatus::Significant).count();
-                let triggers: BTreeSet<&str> = r
-                    .probes
-                    .iter()
-                    .filter(|p| p.suite == s.name)
-                    .flat_map(|p| p.triggers.iter().map(|t| t.id.as_str()))
-                    .collect();
+                let (n_tests, evaluated, significant, n_triggers) = r.suite_coverage(&s.name);
                 let _ = writeln!(
                     o,
                     "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{evaluated} of {}</td><td class=\"num\">{significant}</td></tr>",
@@ -848,8 +840,8 @@ impl<'a> Page<'a> {
                     esc(&s.version),
                     s.probes,
                     s.cases,
-                    triggers.len(),
-                    tests.len()
+                    n_triggers,
+                    n_tests
                 );
             }
             o.push_str("</tbody></table>\n");

@@ -798,15 +798,7 @@ fn coverage(o: &mut String, r: &RunRecord) {
     } else {
         o.push_str("| suite | version | probes | cases | triggers | tests evaluated | significant |\n|---|---|---|---|---|---|---|\n");
         for s in &r.suites {
-            let tests: Vec<&TestResult> = r.tests.iter().filter(|t| t.suite == s.name).collect();
-            let evaluated = tests.iter().filter(|t| t.status != TestStatus::InsufficientSamples).count();
-            let significant = tests.iter().filter(|t| t.status == TestStatus::Significant).count();
-            let triggers: BTreeSet<&str> = r
-                .probes
-                .iter()
-                .filter(|p| p.suite == s.name)
-                .flat_map(|p| p.triggers.iter().map(|t| t.id.as_str()))
-                .collect();
+            let (n_tests, evaluated, significant, n_triggers) = r.suite_coverage(&s.name);
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} | {} | {} of {} | {} |",
@@ -814,9 +806,9 @@ fn coverage(o: &mut String, r: &RunRecord) {
                 md_inline(&s.version),
                 s.probes,
                 s.cases,
-                triggers.len(),
+                n_triggers,
                 evaluated,
-                tests.len(),
+                n_tests,
                 significant
             );
         }
