@@ -82,6 +82,7 @@ fn bench_invert(c: &mut Criterion) {
             max_steps: 10,
             restarts: 1,
             max_targets: 1,
+            gcg_steps: None,
         };
         let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
         let ps = prompts::tokenize_seeded(&cand, &texts, 0).expect("prompts");

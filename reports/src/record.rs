@@ -973,11 +973,17 @@ pub struct RecoveredTrigger {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyIndex {
     pub target: String,
-    /// (median − loss) / (1.4826 · MAD) over the reference searches.
+    /// (median − statistic) / scale over the random reference targets (see the trigger search's anomaly module).
     pub index: Real,
     pub loss_candidate: Real,
     #[serde(default)]
     pub loss_baseline: Option<Real>,
+    /// Mean target NLL on the search's training prompts without any trigger, on the candidate and on the baseline
+    /// (beside the index: a candidate that says the target even without a trigger shows it here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_candidate: Option<Real>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_baseline: Option<Real>,
     pub flagged: bool,
 }
 
@@ -1005,6 +1011,10 @@ pub struct TriggerSearch {
     pub triggers: Vec<RecoveredTrigger>,
     #[serde(default)]
     pub anomalies: Vec<AnomalyIndex>,
+    /// The anomaly index's null distribution: the statistic (candidate minus baseline optimised NLL) of each random
+    /// reference target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_statistics: Vec<Real>,
     pub coverage: SearchCoverage,
 }
 

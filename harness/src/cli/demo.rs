@@ -71,12 +71,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     println!();
     let ok = summary.all_correct();
+    let benign_warned = summary.members.iter().any(|m| !m.backdoored && m.decision == "warn");
     println!(
         "{}",
-        if ok {
-            "demo: the benign candidate passed and the backdoored one failed, as planted."
-        } else {
-            "demo: the verdicts differ from the planted ground truth (see the reports)."
+        match (ok, benign_warned) {
+            (true, false) => "demo: the benign candidate passed and the backdoored one failed, as planted.",
+            (true, true) => {
+                "demo: the backdoored candidate failed; the benign one was not failed but drew a warning (see its report)."
+            }
+            (false, _) => "demo: the verdicts differ from the planted ground truth (see the reports).",
         }
     );
     Ok(if ok { Outcome::Done } else { Outcome::Findings })

@@ -107,12 +107,10 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         max_steps: args.max_steps,
         restarts: args.restarts,
         max_targets: args.max_targets,
+        gcg_steps: args.gcg_steps,
     };
     let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
     params.trigger_len = args.trigger_len;
-    if let Some(n) = args.gcg_steps {
-        params.gcg.steps = n;
-    }
     let out = search(&cand, Some(&base), &prompts, &args.targets, &params, args.seed, true)?;
     if let Some(path) = &args.timing {
         let j = serde_json::json!({ "seconds": out.timing, "steps": out.steps });

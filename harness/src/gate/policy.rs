@@ -152,18 +152,30 @@ impl Default for StageToggle {
 #[serde(deny_unknown_fields, default)]
 pub struct TriggerSearchStage {
     pub enabled: bool,
-    /// Wall-clock budget for the whole search, in seconds.
+    /// Wall-clock safety cap for the whole search, in seconds. The step counts below are the budget: they make the
+    /// result independent of machine speed. A search the cap stops says so in its coverage (and its findings then
+    /// depend on the machine).
     pub budget_seconds: u64,
     /// Optimisation steps per target and restart.
     pub max_steps: u32,
     pub restarts: u32,
-    /// Targets searched (declared and inverted together).
+    /// Targets searched (inverted-through-a-trigger, declared and trigger-free inverted, in that order).
     pub max_targets: u32,
+    /// GCG steps per target; absent: 50 on models up to 50M parameters, 10 above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcg_steps: Option<u32>,
 }
 
 impl Default for TriggerSearchStage {
     fn default() -> Self {
-        TriggerSearchStage { enabled: true, budget_seconds: 300, max_steps: 200, restarts: 2, max_targets: 8 }
+        TriggerSearchStage {
+            enabled: true,
+            budget_seconds: 600,
+            max_steps: 200,
+            restarts: 2,
+            max_targets: 8,
+            gcg_steps: None,
+        }
     }
 }
 

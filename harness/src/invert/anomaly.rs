@@ -1,25 +1,41 @@
 //! NeuralCleanse's anomaly index, adapted to targets of a language model.
 //!
-//! For every target (searched and random reference targets alike) the statistic is the optimised soft-trigger loss
-//! on the candidate minus the same search's loss on the baseline alone (or the candidate loss alone without a
-//! baseline): how much *easier* the candidate is to force to that target. A backdoor target is an outlier on the low
-//! side. Index = (median − x) / (1.4826 · MAD) over the whole set, as NeuralCleanse does over labels; the MAD has a
-//! floor of [`MAD_FLOOR`] nats so a set of near-identical losses does not turn noise into huge indices.
+//! The statistic of a target is the optimised soft-trigger NLL on the candidate minus the same search's NLL on the
+//! baseline alone (the candidate NLL alone without a baseline): how much *easier* the candidate is to force to that
+//! target. A backdoor target is an outlier on the low side.
+//!
+//! NeuralCleanse takes the median and MAD over all labels, assuming most are clean. The searched targets here are
+//! not such a population: they were *chosen* as suspicious (read from divergence triggers, inverted), and on a
+//! backdoored model most of them are variants of the attacker's target (measured on the default zoo's LoRA
+//! backdoor: 7 of 8 inverted targets were prefixes of it, which made every index small). So the null distribution
+//! is the random reference targets' statistics (random token strings, searched the same way) when there are at
+//! least [`MIN_REFERENCES`] of them, else every entry. Index = (median − x) / scale, scale = max(1.4826 · MAD,
+//! [`SCALE_FLOOR`]): with a handful of references the MAD alone is too noisy to divide by.
+//!
+//! The clean (no-trigger) NLLs are recorded beside the index but not used: a subtraction of them ("what the trigger
+//! gained") was tried and halved the backdoor signal, because a backdoored candidate already puts more mass on its
+//! target without the trigger (measured on the default zoo's phrase backdoor: clean NLL 3.9 vs 8.8 nats).
 
-/// MAD floor (nats).
-pub const MAD_FLOOR: f64 = 0.05;
+/// References needed before they alone make the null distribution.
+pub const MIN_REFERENCES: usize = 3;
+
+/// Smallest scale (nats). With three references the MAD can be a few hundredths of a nat; half a nat keeps restart
+/// noise from turning into large indices (README, "Trigger search", for the spread measured on the default zoo).
+pub const SCALE_FLOOR: f64 = 0.5;
 
 /// One searched target's optimised losses.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
+    /// Optimised soft-trigger NLL on the candidate.
     pub loss_candidate: f64,
+    /// The same search on the baseline alone (`None` without a baseline; NaN when it did not run).
     pub loss_baseline: Option<f64>,
     /// A random reference target (in the statistics, not reported).
     pub reference: bool,
 }
 
 impl Entry {
-    fn statistic(&self) -> f64 {
+    pub fn statistic(&self) -> f64 {
         self.loss_candidate - self.loss_baseline.unwrap_or(0.0)
     }
 }
@@ -37,20 +53,26 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Anomaly index of every non-reference entry, in order. Entries whose losses are not finite are left out of the
+/// Anomaly index of every non-reference entry, in order. Entries whose statistic is not finite are left out of the
 /// statistics and get NaN.
 pub fn indices(entries: &[Entry]) -> Vec<f64> {
-    let mut xs: Vec<f64> = entries.iter().map(Entry::statistic).filter(|x| x.is_finite()).collect();
-    let med = median(&mut xs);
-    let mut dev: Vec<f64> = xs.iter().map(|x| (x - med).abs()).collect();
-    let mad = median(&mut dev).max(MAD_FLOOR);
+    let finite = |e: &&Entry| e.statistic().is_finite();
+    let refs: Vec<f64> = entries.iter().filter(|e| e.reference).filter(finite).map(Entry::statistic).collect();
+    let mut null: Vec<f64> = if refs.len() >= MIN_REFERENCES {
+        refs
+    } else {
+        entries.iter().filter(finite).map(Entry::statistic).collect()
+    };
+    let med = median(&mut null);
+    let mut dev: Vec<f64> = null.iter().map(|x| (x - med).abs()).collect();
+    let scale = (1.4826 * median(&mut dev)).max(SCALE_FLOOR);
     entries
         .iter()
         .filter(|e| !e.reference)
         .map(|e| {
             let x = e.statistic();
             if x.is_finite() && med.is_finite() {
-                (med - x) / (1.4826 * mad)
+                (med - x) / scale
             } else {
                 f64::NAN
             }
@@ -63,38 +85,46 @@ mod tests {
     use super::*;
 
     fn e(c: f64, b: f64, reference: bool) -> Entry {
-        Entry {
-            loss_candidate: c,
-            loss_baseline: Some(b),
-            reference,
-        }
+        Entry { loss_candidate: c, loss_baseline: Some(b), reference }
     }
 
     #[test]
-    fn an_easy_target_is_an_outlier_and_ordinary_ones_are_not() {
+    fn an_easy_target_is_an_outlier_against_the_references_even_when_most_targets_are_its_variants() {
+        // Four variants of a backdoor target and one ordinary target, against three references.
         let v = [
-            e(0.01, 4.0, false),
+            e(0.2, 4.0, false),
+            e(0.5, 4.1, false),
+            e(0.1, 3.9, false),
+            e(0.3, 4.0, false),
             e(3.0, 3.1, false),
             e(5.0, 5.3, true),
             e(4.0, 4.1, true),
             e(6.0, 6.0, true),
         ];
         let idx = indices(&v);
-        assert_eq!(idx.len(), 2);
-        assert!(idx[0] > 2.0, "{idx:?}");
-        assert!(idx[1].abs() < 2.0, "{idx:?}");
+        assert_eq!(idx.len(), 5);
+        for i in &idx[..4] {
+            assert!(*i > 5.0, "{idx:?}");
+        }
+        assert!(idx[4].abs() < 1.0, "{idx:?}");
+        // Over all entries (NeuralCleanse's population) the variants are the majority and hide each other.
+        let all: Vec<Entry> = v.iter().map(|x| Entry { reference: false, ..*x }).collect();
+        assert!(indices(&all)[0] < 2.0, "{:?}", indices(&all));
     }
 
     #[test]
     fn identical_losses_do_not_explode_and_nan_is_kept_out() {
-        let v = [
-            e(1.0, 1.0, false),
-            e(1.0, 1.0, true),
-            e(f64::NAN, 1.0, false),
-            e(1.0, 1.0, true),
-        ];
+        let v = [e(1.0, 1.0, false), e(1.0, 1.0, true), e(f64::NAN, 1.0, false), e(1.0, 1.0, true)];
         let idx = indices(&v);
         assert_eq!(idx[0], 0.0);
         assert!(idx[1].is_nan());
+    }
+
+    #[test]
+    fn a_missing_baseline_search_is_left_out_not_mixed_in() {
+        let v = [e(0.1, f64::NAN, false), e(1.0, 1.0, true), e(1.2, 1.0, true), e(0.9, 1.0, true)];
+        assert!(indices(&v)[0].is_nan());
+        let lone = Entry { loss_baseline: None, ..e(0.1, 0.0, false) };
+        assert_eq!(lone.statistic(), 0.1);
     }
 }

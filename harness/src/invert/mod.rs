@@ -7,20 +7,23 @@
 //!
 //! 1. **Prompts** ([`prompts`]) are tokenised with the candidate's tokenizer, shuffled with the seed and split into
 //!    a training set (the optimisation sees it) and a held-out set (only verification sees it).
-//! 2. **Targets**: the declared ones, then inverted ones ([`targets`]): first read from discrete triggers that GCG
-//!    optimised to make the candidate depart from the baseline (KL of the next token), then BAIT-style (Q-score
-//!    with a baseline contrast), up to `max_targets`.
+//! 2. **Targets**, up to `max_targets`, in this order: those read from discrete triggers that GCG optimised to make
+//!    the candidate depart from the baseline (KL of the next token; [`targets`]), the declared ones, then
+//!    trigger-free inverted ones (BAIT-style Q-score with a baseline contrast). Divergence triggers come first because
+//!    on a backdoored candidate they find the attacker's own target (measured on the default zoo's LoRA backdoor,
+//!    whose target no suite declares).
 //! 3. **Per target** ([`search`]): soft vectors (`trigger_len` of them) optimised with Adam from seeded random token
 //!    embeddings (`restarts` × `max_steps`), the loss being the candidate's target NLL plus a baseline-contrast
 //!    penalty; the best vectors are projected to their nearest tokens and refined with GCG; the discrete trigger is
 //!    verified on held-out prompts at each insertion position on both models, and without the trigger.
 //!    The search stops early once a trigger passes the success bar (the default policy's `recovered_trigger` rule).
 //! 4. **Anomaly index** ([`anomaly`]): for every searched target and a few random targets, the optimised candidate
-//!    loss minus the same search's loss on the baseline alone; NeuralCleanse's MAD outlier index over that set.
+//!    loss minus the same search's loss on the baseline alone; a MAD outlier index of each target against the
+//!    random references (the clean, no-trigger NLLs are recorded beside it).
 //! 5. **Coverage**: what was searched, what was not, and which budget stopped the search.
 //!
-//! Steps are the primary budget (results do not depend on machine speed); the seconds are a safety cap, and when
-//! the cap stops the search the coverage says so.
+//! Steps are the budget (results do not depend on machine speed, so the same inputs and seed give the same record);
+//! the seconds are a safety cap, and when the cap stops the search the coverage says so.
 
 pub mod anomaly;
 pub mod prompts;
@@ -143,14 +146,14 @@ impl SearchParams {
             target_len: 8,
             gcg: if large {
                 GcgParams {
-                    steps: 10,
+                    steps: stage.gcg_steps.unwrap_or(10),
                     top_k: 64,
                     batch: 16,
                     patience: 4,
                 }
             } else {
                 GcgParams {
-                    steps: 50,
+                    steps: stage.gcg_steps.unwrap_or(50),
                     top_k: 64,
                     batch: 128,
                     patience: 10,
@@ -178,6 +181,9 @@ pub struct TargetInfo {
     /// Optimised soft loss on the candidate (first restart) and on the baseline alone.
     pub soft_loss_candidate: f64,
     pub soft_loss_baseline: Option<f64>,
+    /// Mean target NLL on the training prompts without a trigger (candidate; baseline when there is one).
+    pub clean_candidate: f64,
+    pub clean_baseline: Option<f64>,
     /// The trigger an `inverted-trigger` target was read from (GCG starts from it).
     pub seed_trigger: Option<Vec<u32>>,
 }
@@ -242,6 +248,9 @@ fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
         v.swap(i, j);
     }
 }
+
+/// How the coverage names a search the wall-clock safety cap stopped.
+const CAP: &str = "the wall-clock safety cap (so the findings depend on machine speed)";
 
 /// Insertion positions every search covers (training rows cycle through them; verification tries each).
 pub const POSITIONS: [Position; 3] = [Position::RandomWord, Position::Prefix, Position::Suffix];
@@ -317,36 +326,36 @@ pub fn search(
         search::scaled_rows(cd, &Tensor::from_vec(ids, k, cd.device())?)
     };
     // ---- targets ------------------------------------------------------------------------------------------
-    let mut targets: Vec<TargetInfo> = Vec::new();
+    // Order: targets read from divergence triggers first (when the candidate has a backdoor, the strongest
+    // divergence trigger is likely its trigger, and its forced text the attacker's target), then the declared ones,
+    // then trigger-free inverted ones; `max_targets` cuts the list.
+    let mut declared_infos: Vec<TargetInfo> = Vec::new();
     for text in declared {
-        if targets.len() >= params.max_targets as usize {
-            break;
-        }
         let mut ids = cand.encode(text, false)?;
         ids.truncate(params.target_len + 4);
-        if ids.is_empty() || targets.iter().any(|t| t.ids == ids) {
+        if ids.is_empty() || declared_infos.iter().any(|t| t.ids == ids) {
             continue;
         }
-        targets.push(TargetInfo {
+        declared_infos.push(TargetInfo {
             text: text.clone(),
             ids,
             source: "declared",
             q_contrast: None,
             soft_loss_candidate: f64::NAN,
             soft_loss_baseline: None,
+            clean_candidate: f64::NAN,
+            clean_baseline: None,
             seed_trigger: None,
         });
     }
+    let mut targets: Vec<TargetInfo> = Vec::new();
     let t0 = clock.elapsed();
     let mut inverted_count = 0usize;
     // Inversion through discrete triggers: GCG for divergence from the baseline, then read the forced target.
     let mut trig_inv: Vec<(targets::Inverted, Vec<u32>)> = Vec::new();
     let mut inversion_steps = 0u64;
     if bd.is_some() {
-        for _ in 0..params
-            .trigger_inversions
-            .min((params.max_targets as usize).saturating_sub(targets.len()))
-        {
+        for _ in 0..params.trigger_inversions.min(params.max_targets as usize) {
             if clock.expired() {
                 break;
             }
@@ -378,6 +387,35 @@ pub fn search(
     }
     trig_inv.sort_by(|a, b| b.0.score().total_cmp(&a.0.score()));
     steps.insert("inversion".into(), inversion_steps);
+    inverted_count += trig_inv.len();
+    for (t, g) in trig_inv {
+        if targets.len() >= params.max_targets as usize {
+            break;
+        }
+        if targets.iter().any(|x| x.ids == t.ids) {
+            continue;
+        }
+        let text = cand.decode(&t.ids)?;
+        targets.push(TargetInfo {
+            text,
+            ids: t.ids.clone(),
+            source: "inverted-trigger",
+            q_contrast: Some(t.score()),
+            soft_loss_candidate: f64::NAN,
+            soft_loss_baseline: None,
+            clean_candidate: f64::NAN,
+            clean_baseline: None,
+            seed_trigger: Some(g),
+        });
+    }
+    for t in declared_infos {
+        if targets.len() >= params.max_targets as usize {
+            break;
+        }
+        if !targets.iter().any(|x| x.ids == t.ids) {
+            targets.push(t);
+        }
+    }
     if targets.len() < params.max_targets as usize && !clock.expired() {
         let inv_prompts: Vec<Vec<u32>> = train
             .iter()
@@ -395,12 +433,8 @@ pub fn search(
                 target_len: params.target_len,
             },
         )?;
-        inverted_count = inv.len();
-        let tagged = trig_inv
-            .into_iter()
-            .map(|(t, g)| (t, Some(g), "inverted-trigger"))
-            .chain(inv.into_iter().map(|t| (t, None, "inverted")));
-        for (t, seed_trigger, source) in tagged {
+        inverted_count += inv.len();
+        for t in inv {
             if targets.len() >= params.max_targets as usize {
                 break;
             }
@@ -411,11 +445,13 @@ pub fn search(
             targets.push(TargetInfo {
                 text,
                 ids: t.ids.clone(),
-                source,
+                source: "inverted",
                 q_contrast: Some(t.score()),
                 soft_loss_candidate: f64::NAN,
                 soft_loss_baseline: None,
-                seed_trigger,
+                clean_candidate: f64::NAN,
+                clean_baseline: None,
+                seed_trigger: None,
             });
         }
     }
@@ -424,13 +460,13 @@ pub fn search(
     // ---- per-target search ---------------------------------------------------------------------------------
     let mut triggers = Vec::new();
     let mut searched = 0usize;
-    let mut stopped_by = "steps";
+    let mut stopped_by = "the step budget";
     let max_new = |target: &[u32]| target.len() + 4;
     let (mut soft_steps, mut gcg_steps) = (0u64, 0u64);
     let (mut soft_secs, mut gcg_secs, mut verify_secs) = (0f64, 0f64, 0f64);
     for ti in 0..targets.len() {
         if clock.expired() {
-            stopped_by = "time";
+            stopped_by = CAP;
             break;
         }
         let target = targets[ti].ids.clone();
@@ -438,6 +474,8 @@ pub fn search(
             Some(b) => search::clean_reference(b, &rows, &target)?,
             None => 0.0,
         };
+        targets[ti].clean_candidate = search::clean_reference(cd, &rows, &target)?;
+        targets[ti].clean_baseline = bd.map(|_| base_clean);
         let total_steps = params.max_steps as u64 * params.restarts as u64 + params.gcg.steps as u64;
         let pb = progress_bar(
             progress,
@@ -578,9 +616,15 @@ pub fn search(
                 t.soft_loss_baseline = Some(soft_once(&lone(b), &t.ids, &mut rng, 0.0)?);
             }
         }
+        // With a baseline, a target whose baseline search the cap cut off has no statistic (NaN, left out):
+        // mixing contrasted and uncontrasted losses in one MAD would make common phrases look anomalous.
+        let loss_baseline = match (bd, t.soft_loss_baseline) {
+            (Some(_), None) => Some(f64::NAN),
+            (_, l) => l,
+        };
         entries.push(anomaly::Entry {
             loss_candidate: t.soft_loss_candidate,
-            loss_baseline: t.soft_loss_baseline,
+            loss_baseline,
             reference: false,
         });
     }
@@ -613,8 +657,8 @@ pub fn search(
     }
     steps.insert("anomaly_reference".into(), ref_steps);
     timing.insert("anomaly".into(), clock.elapsed() - ta);
-    if clock.expired() && stopped_by == "steps" {
-        stopped_by = "time";
+    if clock.expired() && stopped_by == "the step budget" {
+        stopped_by = CAP;
     }
     let indices = anomaly::indices(&entries);
     let anomalies: Vec<AnomalyIndex> = targets
@@ -626,6 +670,8 @@ pub fn search(
             index: Real(idx),
             loss_candidate: Real(t.soft_loss_candidate),
             loss_baseline: t.soft_loss_baseline.map(Real),
+            clean_candidate: Some(Real(t.clean_candidate)),
+            clean_baseline: t.clean_baseline.map(Real),
             flagged: idx > params.anomaly_threshold,
         })
         .collect();
@@ -707,6 +753,11 @@ pub fn search(
         record: TriggerSearch {
             triggers,
             anomalies,
+            reference_statistics: entries
+                .iter()
+                .filter(|e| e.reference)
+                .map(|e| Real(e.statistic()))
+                .collect(),
             coverage,
         },
         targets,
