@@ -70,6 +70,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    super::threads::apply_default();
     if args.budget_seconds == 0 || args.max_steps == 0 || args.max_targets == 0 || args.trigger_len == 0 {
         anyhow::bail!("--budget-seconds, --max-steps, --max-targets and --trigger-len must be at least 1");
     }
