@@ -1,7 +1,7 @@
 //! `trapdoor invert --candidate MODEL [--adapter DIR] --baseline MODEL [--target TEXT]... [--budget-seconds N]
 //! [--seed N] [--json] [--lock FILE] [--baseline-lock FILE]`: the trigger search on its own (target inversion, soft
-//! search, GCG, held-out verification, anomaly index). Prints tables by default, the run record's `trigger_search` section with `--json`. Exits 0
-//! whatever it finds (the gate decides); errors exit 2.
+//! search, GCG, held-out verification, anomaly index). Prints tables by default, the run record's `trigger_search`
+//! section with `--json`. Exits 0 whatever it finds (the gate decides); errors exit 2.
 
 use std::path::PathBuf;
 
