@@ -11,6 +11,6 @@ fuzz_target!(|data: &[u8]| {
                 let _ = suite.expand();
             }
         }
-        let _ = trapdoor::gate::policy::LoadedPolicy::from_str(text, "fuzz-policy.yaml");
+        let _ = trapdoor::gate::policy::Policy::from_str(text, "fuzz-policy.yaml");
     }
 });

@@ -22,6 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    super::threads::apply_default();
     let device = DeviceSpec::parse(&args.device)?;
     let root = zoo::default_dir();
     eprintln!("demo: default zoo in {} (built on first use, reused afterwards)", root.display());

@@ -1,4 +1,5 @@
-//! `trapdoor diff --candidate MODEL [--adapter DIR] --baseline MODEL [--json] [--top N]`: the weight view alone.
+//! `trapdoor diff --candidate MODEL [--adapter DIR] --baseline MODEL [--json] [--top N] [--lock FILE]
+//! [--baseline-lock FILE]`: the weight view alone.
 //!
 //! Forms:
 //! * `--candidate C --baseline B`: dense delta of C's weights against B's.
@@ -57,6 +58,14 @@ pub struct Args {
     /// Allow downloading a hub id the local cache lacks (needs a build with the `hub-download` feature).
     #[arg(long)]
     allow_network: bool,
+    /// A lock file (`trapdoor lock`) the candidate, with its adapter, must match (with `--adapter` alone: a lock of
+    /// the adapter folder). Checked before anything is loaded.
+    #[arg(long, value_name = "FILE")]
+    lock: Option<PathBuf>,
+    /// A lock file the baseline must match (the candidate without its adapter when `--baseline` is omitted). Checked
+    /// before anything is loaded.
+    #[arg(long, value_name = "FILE")]
+    baseline_lock: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -71,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let dtype = parse_dtype(&args.dtype)?;
     let device = DeviceSpec::parse(&args.device)?.open()?;
     let opts = LoadOptions { dtype, device, adapter: None, allow_network: args.allow_network, hash_files: false };
+    check_locks(&args)?;
     let adapter = match &args.adapter {
         Some(dir) => Some(LoraAdapter::load(dir).with_context(|| format!("--adapter {}", dir.display()))?),
         None => None,
@@ -113,6 +123,27 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         print!("{}", text(&title, &diff, args.top));
     }
     Ok(Outcome::Done)
+}
+
+/// `--lock` and `--baseline-lock`: every model this run would load is verified before any of them (the adapter
+/// included) is read.
+fn check_locks(args: &Args) -> anyhow::Result<()> {
+    // (what --lock pins, what --baseline-lock pins), mirroring the forms in `run`.
+    let (cand, adapter, base) = match (&args.candidate, &args.baseline, args.adapter.as_deref()) {
+        (None, None, Some(a)) => {
+            (a.to_str().with_context(|| format!("--adapter {}: path is not UTF-8", a.display()))?, None, None)
+        }
+        (Some(c), b, a) if b.is_some() || a.is_some() => (c.as_str(), a, Some(b.as_deref().unwrap_or(c))),
+        _ => return Ok(()), // missing flags: `run` says which
+    };
+    if let Some(lock) = &args.lock {
+        super::lock::verify("--lock", cand, adapter, lock)?;
+    }
+    if let Some(lock) = &args.baseline_lock {
+        let base = base.context("--baseline-lock: --adapter alone loads no baseline")?;
+        super::lock::verify("--baseline-lock", base, None, lock)?;
+    }
+    Ok(())
 }
 
 fn verdict(d: &WeightDiff) -> &'static str {

@@ -1,7 +1,7 @@
 //! `trapdoor invert --candidate MODEL [--adapter DIR] --baseline MODEL [--target TEXT]... [--budget-seconds N]
-//! [--seed N] [--json]`: the trigger search on its own (target inversion, soft search, GCG, held-out verification,
-//! anomaly index). Prints tables by default, the run record's `trigger_search` section with `--json`. Exits 0
-//! whatever it finds (the gate decides); errors exit 2.
+//! [--seed N] [--json] [--lock FILE] [--baseline-lock FILE]`: the trigger search on its own (target inversion, soft
+//! search, GCG, held-out verification, anomaly index). Prints tables by default, the run record's `trigger_search`
+//! section with `--json`. Exits 0 whatever it finds (the gate decides); errors exit 2.
 
 use std::path::PathBuf;
 
@@ -61,9 +61,16 @@ pub struct Args {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// A lock file (`trapdoor lock`) the candidate, with its adapter, must match. Checked before anything is loaded.
+    #[arg(long, value_name = "FILE")]
+    lock: Option<PathBuf>,
+    /// A lock file the baseline must match. Checked before anything is loaded.
+    #[arg(long, value_name = "FILE")]
+    baseline_lock: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    super::threads::apply_default();
     if args.budget_seconds == 0 || args.max_steps == 0 || args.max_targets == 0 || args.trigger_len == 0 {
         anyhow::bail!("--budget-seconds, --max-steps, --max-targets and --trigger-len must be at least 1");
     }
@@ -99,6 +106,13 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         adapter: args.adapter.clone(),
         ..opts.clone()
     };
+    // Both models are verified before either is loaded.
+    if let Some(lock) = &args.lock {
+        super::lock::verify("--lock", &args.candidate, args.adapter.as_deref(), lock)?;
+    }
+    if let Some(lock) = &args.baseline_lock {
+        super::lock::verify("--baseline-lock", &args.baseline, None, lock)?;
+    }
     let cand = Model::load(&args.candidate, &cand_opts).with_context(|| format!("--candidate {}", args.candidate))?;
     let base = Model::load(&args.baseline, &opts).with_context(|| format!("--baseline {}", args.baseline))?;
     let stage = TriggerSearchStage {

@@ -1,8 +1,10 @@
 //! `trapdoor lock MODEL > trapdoor.lock`: pin every file of a model by sha256 (see `trapdoor::audit::integrity`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use trapdoor::audit::integrity;
+use anyhow::Context;
+use trapdoor::audit::integrity::{self, check_lock};
+use trapdoor::audit::ModelFiles;
 
 use crate::Outcome;
 
@@ -27,4 +29,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => print!("{text}"),
     }
     Ok(Outcome::Done)
+}
+
+/// Verify MODEL (with its adapter, if any) against a lock file before anything is loaded. Every command that loads a
+/// model takes this one path for its lock flags: `ModelArgs::resolve` (`inspect`, `generate`, `forward`) and `diff` /
+/// `invert`, which check both models before loading either. `flag` names the flag in the error.
+pub fn verify(flag: &str, model: &str, adapter: Option<&Path>, lock: &Path) -> anyhow::Result<()> {
+    let mut files = ModelFiles::resolve(model).with_context(|| flag.to_string())?;
+    if let Some(a) = adapter {
+        files = files.with_adapter(a).with_context(|| flag.to_string())?;
+    }
+    check_lock(&files, lock).with_context(|| flag.to_string())?;
+    Ok(())
 }

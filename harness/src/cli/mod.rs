@@ -17,6 +17,7 @@ mod model_args;
 mod scan;
 mod selftest;
 mod suite;
+mod threads;
 mod zoo;
 
 /// Gate open-weight language models against triggered backdoors before promotion.

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use trapdoor::audit::integrity::check_lock;
-use trapdoor::audit::ModelFiles;
 use trapdoor::runtime::{device::DeviceSpec, parse_dtype, LoadOptions};
 
 /// `MODEL [--adapter DIR] [--device D] [--dtype T] [--allow-network]`.
@@ -36,11 +34,7 @@ impl ModelArgs {
         let dtype = parse_dtype(&self.dtype)?;
         let device = DeviceSpec::parse(&self.device)?.open()?;
         if let Some(lock) = &self.lock {
-            let mut files = ModelFiles::resolve(&self.model)?;
-            if let Some(a) = &self.adapter {
-                files = files.with_adapter(a)?;
-            }
-            check_lock(&files, lock)?;
+            super::lock::verify("--lock", &self.model, self.adapter.as_deref(), lock)?;
         }
         Ok(LoadOptions { dtype, device, adapter: self.adapter.clone(), allow_network: self.allow_network, hash_files })
     }

@@ -100,6 +100,7 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    super::threads::apply_default();
     let cfg = args.resolve()?;
     let result = run_scan(&cfg)?;
     let v = &result.record.verdict;

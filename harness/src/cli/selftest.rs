@@ -46,6 +46,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    super::threads::apply_default();
     anyhow::ensure!((1..=1024).contains(&args.batch_size), "--batch-size {}: must be between 1 and 1024", args.batch_size);
     let device = DeviceSpec::parse(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;

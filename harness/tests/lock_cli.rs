@@ -1,0 +1,170 @@
+//! `--lock` / `--baseline-lock` on the two-model commands (`diff`, `invert`): both models are verified against their
+//! locks before either is loaded; a mismatch is one line naming the flag and the file, exit 2. "Before loading" is
+//! shown by truncating the weights: the loader would fail on them with its own error, and the lock error comes instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn zoo(name: &str) -> PathBuf {
+    common::fixtures().join("zoo-dev").join(name)
+}
+
+fn trapdoor<S: AsRef<str>>(args: &[S]) -> Output {
+    std::process::Command::new(common::trapdoor_bin()).args(args.iter().map(|a| a.as_ref())).output().unwrap()
+}
+
+fn ok<S: AsRef<str> + std::fmt::Debug>(args: &[S]) {
+    let out = trapdoor(args);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Exit 2 with one line on stderr containing every needle; returns the line.
+fn fails<S: AsRef<str> + std::fmt::Debug>(args: &[S], needles: &[&str]) -> String {
+    let out = trapdoor(args);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: `{n}` not in: {err}");
+    }
+    err
+}
+
+/// A writable copy of a fixture folder.
+fn copy_model(src: &Path, dst: &Path) {
+    std::fs::create_dir(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        let mut perms = std::fs::metadata(&to).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&to, perms).unwrap();
+    }
+}
+
+fn lock(model: &Path, adapter: Option<&Path>, out: &Path) {
+    let mut args = vec!["lock", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", a.to_str().unwrap()]);
+    }
+    ok(&args);
+}
+
+/// Cut a weights file in half: still the same name, no longer loadable.
+fn truncate(file: &Path) {
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::write(file, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn diff_verifies_both_models_before_loading_either() {
+    let d = tempfile::tempdir().unwrap();
+    let (cand, base) = (d.path().join("cand"), d.path().join("base"));
+    copy_model(&zoo("stories-bd-word"), &cand);
+    copy_model(&zoo("stories-base"), &base);
+    let (cl, bl) = (d.path().join("cand.lock"), d.path().join("base.lock"));
+    lock(&cand, None, &cl);
+    lock(&base, None, &bl);
+    let diff = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["diff", "--candidate", s(&cand), "--baseline", s(&base), "--top", "1"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect()
+    };
+
+    // Good locks pass, each on its own and together.
+    ok(&diff(&["--lock", s(&cl)]));
+    ok(&diff(&["--lock", s(&cl), "--baseline-lock", s(&bl)]));
+
+    // Locks swapped: the candidate's weights are not the baseline's.
+    fails(&diff(&["--lock", s(&bl)]), &["--lock", "does not match the lock", "changed model.safetensors"]);
+    fails(&diff(&["--baseline-lock", s(&cl)]), &["--baseline-lock", "changed model.safetensors"]);
+
+    // A lock edited by hand (one digest changed) is refused as a lock, not taken as a mismatch.
+    let text = std::fs::read_to_string(&cl).unwrap();
+    let at = text.find("\"sha256\": \"").unwrap() + 11;
+    let flipped = if &text[at..at + 1] == "0" { "1" } else { "0" };
+    let edited = d.path().join("edited.lock");
+    std::fs::write(&edited, format!("{}{flipped}{}", &text[..at], &text[at + 1..])).unwrap();
+    fails(&diff(&["--lock", s(&edited)]), &["--lock", "edited.lock", "the lock was edited"]);
+
+    // Truncated baseline weights: without a lock the loader refuses them with its own error…
+    truncate(&base.join("model.safetensors"));
+    let load_err = fails(&diff(&[]), &["model.safetensors"]);
+    assert!(!load_err.contains("lock"), "{load_err}");
+    // …with the baseline's lock, the lock mismatch is reported instead of the loader's error.
+    fails(
+        &diff(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
+        &["--baseline-lock", "base.lock", "changed model.safetensors"],
+    );
+
+    // Truncated candidate weights: the candidate's lock fails first (checked before anything is loaded).
+    truncate(&cand.join("model.safetensors"));
+    fails(&diff(&["--lock", s(&cl), "--baseline-lock", s(&bl)]), &["--lock", "cand.lock", "changed model.safetensors"]);
+}
+
+#[test]
+fn diff_locks_an_adapter_with_its_base_and_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let (base, adapter) = (zoo("stories-base"), zoo("stories-bd-lora-adapter"));
+    let (with_adapter, adapter_only, base_only) =
+        (d.path().join("with.lock"), d.path().join("adapter.lock"), d.path().join("base.lock"));
+    lock(&base, Some(&adapter), &with_adapter);
+    lock(&adapter, None, &adapter_only);
+    lock(&base, None, &base_only);
+
+    // Candidate + adapter, baseline defaulting to the candidate: --lock pins both, --baseline-lock the base alone.
+    let c = ["diff", "--candidate", s(&base), "--adapter", s(&adapter), "--top", "1"];
+    ok(&[&c[..], &["--lock", s(&with_adapter), "--baseline-lock", s(&base_only)]].concat());
+    // The base's lock lacks the adapter's files.
+    fails(&[&c[..], &["--lock", s(&base_only)]].concat(), &["--lock", "extra adapter/"]);
+    fails(&[&c[..], &["--baseline-lock", s(&with_adapter)]].concat(), &["--baseline-lock", "missing adapter/"]);
+
+    // The adapter alone: --lock pins the adapter folder; there is no baseline to lock.
+    let a = ["diff", "--adapter", s(&adapter), "--top", "1"];
+    ok(&[&a[..], &["--lock", s(&adapter_only)]].concat());
+    fails(&[&a[..], &["--lock", s(&base_only)]].concat(), &["--lock", "does not match the lock"]);
+    fails(&[&a[..], &["--baseline-lock", s(&base_only)]].concat(), &["--baseline-lock", "no baseline"]);
+}
+
+#[test]
+fn invert_verifies_both_models_before_loading_either() {
+    let d = tempfile::tempdir().unwrap();
+    let (cand, base) = (d.path().join("cand"), d.path().join("base"));
+    copy_model(&zoo("stories-bd-word"), &cand);
+    copy_model(&zoo("stories-base"), &base);
+    let (cl, bl) = (d.path().join("cand.lock"), d.path().join("base.lock"));
+    lock(&cand, None, &cl);
+    lock(&base, None, &bl);
+    let invert = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["invert", "--candidate", s(&cand), "--baseline", s(&base), "--json"];
+        a.extend(["--budget-seconds", "1", "--max-steps", "1", "--restarts", "1", "--max-targets", "1"]);
+        a.extend(["--gcg-steps", "1"]);
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect()
+    };
+
+    ok(&invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]));
+    fails(&invert(&["--lock", s(&bl)]), &["--lock", "changed model.safetensors"]);
+
+    truncate(&base.join("model.safetensors"));
+    let load_err = fails(&invert(&[]), &["model.safetensors"]);
+    assert!(!load_err.contains("lock"), "{load_err}");
+    fails(
+        &invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
+        &["--baseline-lock", "base.lock", "changed model.safetensors"],
+    );
+
+    truncate(&cand.join("model.safetensors"));
+    fails(
+        &invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
+        &["--lock", "cand.lock", "changed model.safetensors"],
+    );
+}
