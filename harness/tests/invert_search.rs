@@ -137,8 +137,11 @@ fn search_is_deterministic_and_fills_the_record() {
 
     let r = &a.record;
     assert_eq!(a.targets.len(), 2);
-    assert_eq!(a.targets[0].source, "declared");
-    assert!(a.targets[1].source.starts_with("inverted"), "{}", a.targets[1].source);
+    // A target read from a divergence trigger first, then the declared one.
+    assert_eq!(a.targets[0].source, "inverted-trigger");
+    assert_eq!(a.targets[1].source, "declared");
+    assert_eq!(a.targets[1].text, declared[0]);
+    assert_eq!(r.reference_statistics.len(), 2);
     assert_eq!(r.triggers.len(), 2, "one verified trigger per searched target");
     for t in &r.triggers {
         assert_eq!(t.token_ids.len(), 2);
