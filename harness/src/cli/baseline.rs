@@ -75,9 +75,12 @@ pub struct RecordArgs {
     /// Run seed (random-word trigger positions); a scan against the snapshot must use the same.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
-    /// Tokens kept per next-token distribution (default: 64 up to a 65 536-token vocabulary, else 256).
+    /// Most tokens kept per next-token distribution (default: 128 up to a 65 536-token vocabulary, else 256).
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
+    /// Keep tokens per position until at most this much probability mass is left outside them (0: always K).
+    #[arg(long, value_name = "P", default_value_t = record::DEFAULT_REST_TARGET)]
+    pub rest_mass: f64,
     /// Most tokens generated per case (as `scan --max-new-tokens`).
     #[arg(long, default_value_t = DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
@@ -116,6 +119,9 @@ pub struct MeasureArgs {
     /// The k values to measure; repeatable (default 16, 64, 256, 1024).
     #[arg(long = "top-k", value_name = "K")]
     pub top_k: Vec<usize>,
+    /// As `record --rest-mass`.
+    #[arg(long, value_name = "P", default_value_t = record::DEFAULT_REST_TARGET)]
+    pub rest_mass: f64,
     #[arg(long, default_value_t = DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
@@ -156,6 +162,7 @@ fn run_record(a: RecordArgs) -> anyhow::Result<Outcome> {
         max_new_tokens: a.max_new_tokens,
         batch_size: a.batch_size,
         top_k: a.top_k,
+        rest_target: a.rest_mass,
         progress: true,
         device: a.model.device.clone(),
         dtype: model.info().dtype.clone(),
@@ -163,10 +170,11 @@ fn run_record(a: RecordArgs) -> anyhow::Result<Outcome> {
     let (manifest, bytes) = record::record(&a.model.model, &model, &opts)?;
     format::write(&a.out, &manifest, &bytes)?;
     println!(
-        "snapshot: {} ({} prompts, {} positions, {} targets, top-k {}, {} bytes of data, sha256 {})",
+        "snapshot: {} ({} prompts, {} positions, {} tokens kept, {} targets, top-k {}, {} bytes of data, sha256 {})",
         a.out.display(),
         manifest.prompts,
         manifest.positions,
+        manifest.kept,
         manifest.targets,
         manifest.top_k,
         manifest.data.bytes,
@@ -222,19 +230,34 @@ fn run_measure(a: MeasureArgs) -> anyhow::Result<Outcome> {
         a.max_new_tokens,
         a.batch_size,
         &ks,
+        a.rest_mass,
         true,
     )?;
     println!(
-        "top-k error of lumped divergence estimates, {} vs {} along the baseline's continuations (vocabulary {}):",
+        "top-k error of lumped divergence estimates, {} vs {} along the baseline's continuations (vocabulary {}, \
+         rest target {}):",
         a.candidate,
         a.model.model,
-        base.config().vocab_size
+        base.config().vocab_size,
+        a.rest_mass
     );
     for (k, s) in ks.iter().zip(&stats) {
         println!(
             "  k={k:<5} positions={} js_max_abs={:.3e} js_mean_abs={:.3e} kl_cb_max_abs={:.3e} kl_bc_max_abs={:.3e} \
-             js_bound_max={:.3e} baseline_rest_max={:.3e}",
-            s.positions, s.js_max_abs, s.js_mean_abs, s.kl_cb_max_abs, s.kl_bc_max_abs, s.js_bound_max, s.rest_max
+             js_bound_max={:.3e} baseline_rest_max={:.3e} kept_mean={:.1} seq_js_mean_max_abs={:.3e} \
+             uniform_tail: js_max_abs={:.3e} kl_cb_max_abs={:.3e} kl_bc_max_abs={:.3e}",
+            s.positions,
+            s.js_max_abs,
+            s.js_mean_abs,
+            s.kl_cb_max_abs,
+            s.kl_bc_max_abs,
+            s.js_bound_max,
+            s.rest_max,
+            s.kept_sum as f64 / s.positions.max(1) as f64,
+            s.seq_js_mean_max_abs,
+            s.uniform_js_max_abs,
+            s.uniform_kl_cb_max_abs,
+            s.uniform_kl_bc_max_abs
         );
     }
     if let Some(path) = &a.json {
@@ -244,7 +267,7 @@ fn run_measure(a: MeasureArgs) -> anyhow::Result<Outcome> {
             .map(|(k, s)| serde_json::json!({"k": k, "stats": s}))
             .collect();
         let v = serde_json::json!({"baseline": a.model.model, "candidate": a.candidate, "adapter": a.adapter,
-            "vocab_size": base.config().vocab_size, "seed": a.seed, "results": rows});
+            "vocab_size": base.config().vocab_size, "seed": a.seed, "rest_target": a.rest_mass, "results": rows});
         let mut text = serde_json::to_string_pretty(&v)?;
         text.push('\n');
         trapdoor_reports::io::write_atomic(path, text.as_bytes())?;

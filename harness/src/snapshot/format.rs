@@ -112,7 +112,10 @@ pub struct Manifest {
     pub dtype: String,
     /// The cap on generated tokens the continuations were recorded with.
     pub max_new_tokens: u64,
+    /// Most tokens kept per position.
     pub top_k: u64,
+    /// Tokens are kept per position until at most this much mass is left outside (or `top_k` are kept).
+    pub rest_target: f64,
     pub error_bound: ErrorBound,
     /// Cases whose prompt could not be rendered or encoded, with the reason (the scan reports them as such).
     pub case_errors: BTreeMap<String, String>,
@@ -121,6 +124,8 @@ pub struct Manifest {
     /// Distinct prompts, recorded positions and scored (prompt, target) pairs in the data file.
     pub prompts: u64,
     pub positions: u64,
+    /// Tokens kept over all positions.
+    pub kept: u64,
     pub targets: u64,
     /// The data file, pinned.
     pub data: FileDigest,
@@ -148,8 +153,9 @@ pub struct PromptRecord {
     pub dists: Vec<TopK>,
 }
 
-/// A next-token distribution cut to its `k` most probable tokens (by logit, ties to the lower id, so `ids[0]` is the
-/// argmax the runtime's greedy decoding picks) plus the mass of all the others.
+/// A next-token distribution cut to its most probable tokens (by logit, ties to the lower id, so `ids[0]` is the
+/// argmax the runtime's greedy decoding picks; at most `top_k`, fewer where the rest is already small) plus the mass
+/// of all the others.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TopK {
     pub ids: Vec<u32>,
@@ -207,7 +213,6 @@ fn offsets<T>(parts: impl Iterator<Item = T>, len: impl Fn(&T) -> usize) -> Vec<
 /// The data file's bytes. Deterministic: tensors in name order, header keys sorted, header padded with spaces to a
 /// multiple of 8 bytes (as the safetensors reference writer does), little-endian data.
 pub fn encode_data(d: &SnapshotData) -> Vec<u8> {
-    let k = d.top_k;
     let n = d.positions();
     let p = d.prompts.len();
     let mut tensors: BTreeMap<&str, (Raw, Vec<usize>)> = BTreeMap::new();
@@ -222,8 +227,10 @@ pub fn encode_data(d: &SnapshotData) -> Vec<u8> {
     tensors
         .insert("continuation_offsets", (Raw::I64(offsets(d.prompts.iter(), |p| p.continuation.len())), vec![p + 1]));
     let dists = || d.prompts.iter().flat_map(|p| p.dists.iter());
-    tensors.insert("topk_ids", (Raw::U32(dists().flat_map(|t| t.ids.iter().copied()).collect()), vec![n, k]));
-    tensors.insert("topk_probs", (Raw::F32(dists().flat_map(|t| t.probs.iter().copied()).collect()), vec![n, k]));
+    let kept: usize = dists().map(|t| t.ids.len()).sum();
+    tensors.insert("topk_ids", (Raw::U32(dists().flat_map(|t| t.ids.iter().copied()).collect()), vec![kept]));
+    tensors.insert("topk_probs", (Raw::F32(dists().flat_map(|t| t.probs.iter().copied()).collect()), vec![kept]));
+    tensors.insert("topk_offsets", (Raw::I64(offsets(dists(), |t| t.ids.len())), vec![n + 1]));
     tensors.insert("rest_mass", (Raw::F32(dists().map(|t| t.rest).collect()), vec![n]));
     let t = d.targets.len();
     tensors.insert("target_prompt", (Raw::U32(d.targets.keys().map(|(i, _)| *i).collect()), vec![t]));
@@ -311,6 +318,9 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, SnapshotErr
     if m.top_k == 0 || m.top_k as usize > MAX_TOP_K {
         return Err(bad(format!("top_k {} must be between 1 and {MAX_TOP_K}", m.top_k)));
     }
+    if !(m.rest_target.is_finite() && (0.0..=1.0).contains(&m.rest_target)) {
+        return Err(bad(format!("rest_target {} must be between 0 and 1", m.rest_target)));
+    }
     if m.model.vocab_size == 0 || m.model.vocab_size > u32::MAX as u64 {
         return Err(bad(format!("model.vocab_size {} is out of range", m.model.vocab_size)));
     }
@@ -321,7 +331,7 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, SnapshotErr
 }
 
 /// The data file's tensors, in name order.
-const TENSORS: [&str; 13] = [
+const TENSORS: [&str; 14] = [
     "case_prompt",
     "continuation_ids",
     "continuation_offsets",
@@ -334,6 +344,7 @@ const TENSORS: [&str; 13] = [
     "target_offsets",
     "target_prompt",
     "topk_ids",
+    "topk_offsets",
     "topk_probs",
 ];
 
@@ -399,17 +410,17 @@ pub fn parse_data(bytes: &[u8], m: &Manifest, path: &Path) -> Result<SnapshotDat
         return Err(bad(format!("tensor `continuation_ids`: {n} positions, the manifest says {}", m.positions)));
     }
     let cspans = spans("continuation_offsets", &i64s("continuation_offsets")?, n, p)?;
-    let (shape, b) = get("topk_ids", safetensors::Dtype::U32, 2)?;
-    if shape != [n, k] {
-        return Err(bad(format!("tensor `topk_ids`: shape {shape:?}, expected [{n}, {k}]")));
-    }
-    let topk_ids: Vec<u32> = b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let topk_ids = u32s("topk_ids")?;
     check_ids("topk_ids", &topk_ids)?;
-    let (shape, b) = get("topk_probs", safetensors::Dtype::F32, 2)?;
-    if shape != [n, k] {
-        return Err(bad(format!("tensor `topk_probs`: shape {shape:?}, expected [{n}, {k}]")));
+    if topk_ids.len() as u64 != m.kept {
+        return Err(bad(format!("tensor `topk_ids`: {} entries, the manifest says {}", topk_ids.len(), m.kept)));
+    }
+    let (shape, b) = get("topk_probs", safetensors::Dtype::F32, 1)?;
+    if shape != [topk_ids.len()] {
+        return Err(bad(format!("tensor `topk_probs`: shape {shape:?}, expected [{}]", topk_ids.len())));
     }
     let topk_probs = f32s(&b);
+    let kspans = spans("topk_offsets", &i64s("topk_offsets")?, topk_ids.len(), n)?;
     let (shape, b) = get("rest_mass", safetensors::Dtype::F32, 1)?;
     if shape != [n] {
         return Err(bad(format!("tensor `rest_mass`: shape {shape:?}, expected [{n}]")));
@@ -422,14 +433,16 @@ pub fn parse_data(bytes: &[u8], m: &Manifest, path: &Path) -> Result<SnapshotDat
     if let Some(i) = rest.iter().position(|&x| !in_unit(x)) {
         return Err(bad(format!("tensor `rest_mass`: entry {i} is {} (not a probability)", rest[i])));
     }
-    for i in 0..n {
-        let row = &topk_ids[i * k..(i + 1) * k];
-        let mut sorted = row.to_vec();
+    for (i, &(a, b)) in kspans.iter().enumerate() {
+        if b == a || b - a > k {
+            return Err(bad(format!("tensor `topk_offsets`: position {i} keeps {} tokens (1 to top_k {k})", b - a)));
+        }
+        let mut sorted = topk_ids[a..b].to_vec();
         sorted.sort_unstable();
         if sorted.windows(2).any(|w| w[0] == w[1]) {
-            return Err(bad(format!("tensor `topk_ids`: row {i} repeats a token id")));
+            return Err(bad(format!("tensor `topk_ids`: position {i} repeats a token id")));
         }
-        let total: f64 = topk_probs[i * k..(i + 1) * k].iter().map(|&x| x as f64).sum::<f64>() + rest[i] as f64;
+        let total: f64 = topk_probs[a..b].iter().map(|&x| x as f64).sum::<f64>() + rest[i] as f64;
         if (total - 1.0).abs() > 1e-3 {
             return Err(bad(format!("position {i}: top-k probabilities and rest mass sum to {total}, not 1")));
         }
@@ -446,7 +459,10 @@ pub fn parse_data(bytes: &[u8], m: &Manifest, path: &Path) -> Result<SnapshotDat
             return Err(bad(format!("prompt {j}: no prompt tokens")));
         }
         let dists = (c0..c1)
-            .map(|i| TopK { ids: topk_ids[i * k..(i + 1) * k].to_vec(), probs: topk_probs[i * k..(i + 1) * k].to_vec(), rest: rest[i] })
+            .map(|i| {
+                let (a, b) = kspans[i];
+                TopK { ids: topk_ids[a..b].to_vec(), probs: topk_probs[a..b].to_vec(), rest: rest[i] }
+            })
             .collect();
         prompts.push(PromptRecord {
             ids: prompt_ids[a..b].to_vec(),

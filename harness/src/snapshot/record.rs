@@ -26,16 +26,21 @@ pub struct RecordOptions {
     pub batch_size: usize,
     /// `None`: [`default_top_k`] of the vocabulary size.
     pub top_k: Option<usize>,
+    /// Keep tokens per position until at most this mass is left (see [`topk::top_k`]).
+    pub rest_target: f64,
     pub progress: bool,
     /// Recorded in the manifest (`cpu`, `cuda:0`, …) and the compute dtype name.
     pub device: String,
     pub dtype: String,
 }
 
-/// The default `k`: see `baselines/README.md` for the measurements behind it.
+/// The default rest target: tokens are kept until at most this much of the baseline's mass is left outside.
+pub const DEFAULT_REST_TARGET: f64 = 1e-4;
+
+/// The default cap on kept tokens `k`: see `baselines/README.md` for the measurements behind it.
 pub fn default_top_k(vocab_size: usize) -> usize {
     if vocab_size <= 65_536 {
-        64
+        128
     } else {
         256
     }
@@ -172,6 +177,9 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
     }
     let vocab = model.config().vocab_size;
     let k = o.top_k.unwrap_or_else(|| default_top_k(vocab)).min(vocab);
+    if !(o.rest_target.is_finite() && (0.0..=1.0).contains(&o.rest_target)) {
+        return Err(SnapshotError::Invalid(format!("--rest-mass {}: must be between 0 and 1", o.rest_target)));
+    }
     if k == 0 || k > super::format::MAX_TOP_K {
         return Err(SnapshotError::Invalid(format!("--top-k {k}: must be between 1 and {}", super::format::MAX_TOP_K)));
     }
@@ -223,7 +231,7 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
             Vec::new()
         } else {
             let r = &rows[&job_of(ids, &conts[i])];
-            r.iter().map(|row| topk::top_k(row, k)).collect()
+            r.iter().map(|row| topk::top_k(row, k, o.rest_target)).collect()
         };
         data.prompts.push(PromptRecord { ids: ids.clone(), max_new_tokens: *n as u32, continuation: conts[i].clone(), dists });
     }
@@ -258,6 +266,7 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
         dtype: o.dtype.clone(),
         max_new_tokens: o.max_new_tokens as u64,
         top_k: k as u64,
+        rest_target: o.rest_target,
         case_errors,
         target_tokens: target_ids,
         error_bound: ErrorBound {
@@ -271,6 +280,7 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
         },
         prompts: data.prompts.len() as u64,
         positions: data.positions() as u64,
+        kept: data.prompts.iter().flat_map(|p| p.dists.iter()).map(|d| d.ids.len() as u64).sum(),
         targets: data.targets.len() as u64,
         data: FileDigest {
             path: super::format::DATA_FILE.to_string(),
@@ -293,6 +303,7 @@ pub fn measure(
     cap: usize,
     batch: usize,
     ks: &[usize],
+    rest_target: f64,
     progress: bool,
 ) -> Result<Vec<topk::ErrorStats>, SnapshotError> {
     let prep = prepare(spec, base, suites, seed, cap)?;
@@ -308,7 +319,7 @@ pub fn measure(
     let rows_c = rows_of(cand, &jobs, batch, progress)?;
     let mut stats = vec![topk::ErrorStats::default(); ks.len()];
     for (j, rb) in &rows_b {
-        topk::measure_rows(&rows_c[j], rb, ks, &mut stats);
+        topk::measure_rows(&rows_c[j], rb, ks, rest_target, &mut stats);
     }
     Ok(stats)
 }

@@ -13,10 +13,11 @@
 //! such bound (a token the baseline gives almost nothing can carry any amount); its error is measured instead
 //! ([`measure_rows`], `trapdoor baseline measure`).
 
-/// `k` most probable entries of a logit row (logit descending, ties to the lower id, so `ids[0]` is the runtime's
-/// greedy argmax), their probabilities and the remaining mass (summed directly over the other entries, not as
-/// `1 − Σ top`, so a tiny rest is not lost to cancellation).
-pub fn top_k(row: &[f32], k: usize) -> super::TopK {
+/// The most probable entries of a logit row (logit descending, ties to the lower id, so `ids[0]` is the runtime's
+/// greedy argmax): as few as leave at most `rest_target` of the mass outside (at least one), and never more than
+/// `k`; with their probabilities and the remaining mass (summed directly over the other entries, not as `1 − Σ top`,
+/// so a tiny rest is not lost to cancellation). `rest_target = 0` keeps exactly `k`.
+pub fn top_k(row: &[f32], k: usize, rest_target: f64) -> super::TopK {
     let k = k.min(row.len());
     let mut order: Vec<u32> = (0..row.len() as u32).collect();
     let cmp = |a: &u32, b: &u32| {
@@ -29,10 +30,15 @@ pub fn top_k(row: &[f32], k: usize) -> super::TopK {
     let (head, tail) = order.split_at_mut(k);
     head.sort_by(cmp);
     let (p, _) = probs(row);
-    let rest: f64 = tail.iter().map(|&i| p[i as usize]).sum();
+    let mut rest: f64 = tail.iter().map(|&i| p[i as usize]).sum();
+    let mut m = head.len();
+    while m > 1 && rest + p[head[m - 1] as usize] <= rest_target {
+        m -= 1;
+        rest += p[head[m] as usize];
+    }
     super::TopK {
-        ids: head.to_vec(),
-        probs: head.iter().map(|&i| p[i as usize] as f32).collect(),
+        ids: head[..m].to_vec(),
+        probs: head[..m].iter().map(|&i| p[i as usize] as f32).collect(),
         rest: rest.clamp(0.0, 1.0) as f32,
     }
 }
@@ -75,6 +81,28 @@ pub fn lumped(p: &[f64], q: &super::TopK) -> Lumped {
     Lumped { js: d.0, kl_cb: d.1, kl_bc: d.2, js_bound: std::f64::consts::LN_2 * (p_rest + q_rest) / 2.0 }
 }
 
+/// The alternative estimate that spreads the baseline's rest mass uniformly over the tokens it did not keep
+/// (measured against lumping by `trapdoor baseline measure`; not a bound either way).
+pub fn uniform_tail(p: &[f64], q: &super::TopK) -> (f64, f64, f64) {
+    let v = p.len();
+    let mut kept = vec![false; v];
+    let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(v);
+    for (&id, &qi) in q.ids.iter().zip(&q.probs) {
+        if let Some(k) = kept.get_mut(id as usize) {
+            *k = true;
+            pairs.push((p[id as usize], qi as f64));
+        }
+    }
+    let others = v.saturating_sub(q.ids.len()).max(1);
+    let each = q.rest as f64 / others as f64;
+    for (i, &pi) in p.iter().enumerate() {
+        if !kept[i] {
+            pairs.push((pi, each));
+        }
+    }
+    divergences(&pairs)
+}
+
 /// JS, KL(p‖q), KL(q‖p) over paired outcome probabilities, with the scan's conventions (0·ln 0 = 0, JS clamped to
 /// `[0, ln 2]`, KLs to ≥ 0). A KL whose support fails (p > 0 where q = 0) is infinite.
 pub fn divergences(pairs: &[(f64, f64)]) -> (f64, f64, f64) {
@@ -105,6 +133,14 @@ pub struct ErrorStats {
     pub js_bound_max: f64,
     /// Largest baseline rest mass seen.
     pub rest_max: f64,
+    /// Tokens kept, summed over positions (the snapshot's size is about 8 bytes per kept token).
+    pub kept_sum: usize,
+    /// Largest error of a sequence's mean JS (what a case's `js_mean` reports), over sequences.
+    pub seq_js_mean_max_abs: f64,
+    /// The same errors for the uniform-tail estimate ([`uniform_tail`]), for comparison.
+    pub uniform_js_max_abs: f64,
+    pub uniform_kl_cb_max_abs: f64,
+    pub uniform_kl_bc_max_abs: f64,
 }
 
 impl ErrorStats {
@@ -123,15 +159,28 @@ impl ErrorStats {
 
 /// For each `k`, the lumped estimate's error over aligned candidate / baseline logit rows (one row per position).
 /// Sequence means (what the traces report) have errors no larger than the worst position's.
-pub fn measure_rows(cand: &[Vec<f32>], base: &[Vec<f32>], ks: &[usize], stats: &mut [ErrorStats]) {
+/// `cand` and `base` are one sequence's rows.
+pub fn measure_rows(cand: &[Vec<f32>], base: &[Vec<f32>], ks: &[usize], rest_target: f64, stats: &mut [ErrorStats]) {
+    let mut seq_err = vec![0.0f64; ks.len()];
     for (c, b) in cand.iter().zip(base) {
         let (pc, _) = probs(c);
         let (pb, _) = probs(b);
         let full = divergences(&pc.iter().copied().zip(pb.iter().copied()).collect::<Vec<_>>());
         for (k, s) in ks.iter().zip(stats.iter_mut()) {
-            let q = top_k(b, *k);
+            let q = top_k(b, *k, rest_target);
+            s.kept_sum += q.ids.len();
             let est = lumped(&pc, &q);
             s.add(full, &est, q.rest as f64);
+            let u = uniform_tail(&pc, &q);
+            s.uniform_js_max_abs = s.uniform_js_max_abs.max((full.0 - u.0).abs());
+            s.uniform_kl_cb_max_abs = s.uniform_kl_cb_max_abs.max((full.1 - u.1).abs());
+            s.uniform_kl_bc_max_abs = s.uniform_kl_bc_max_abs.max((full.2 - u.2).abs());
+            seq_err[ks.iter().position(|x| x == k).unwrap_or(0)] += full.0 - est.js;
+        }
+    }
+    if !cand.is_empty() {
+        for (s, e) in stats.iter_mut().zip(seq_err) {
+            s.seq_js_mean_max_abs = s.seq_js_mean_max_abs.max(e.abs() / cand.len() as f64);
         }
     }
 }
@@ -143,14 +192,22 @@ mod tests {
     #[test]
     fn top_k_orders_like_argmax_and_keeps_the_rest() {
         let row = [0.5f32, 2.0, 2.0, -1.0, 1.0];
-        let t = top_k(&row, 3);
+        let t = top_k(&row, 3, 0.0);
         assert_eq!(t.ids, vec![1, 2, 4], "ties go to the lower id, as greedy argmax does");
         assert_eq!(t.ids[0], crate::runtime::generate::argmax(&row));
         let (p, _) = probs(&row);
         assert!((t.rest as f64 - (p[0] + p[3])).abs() < 1e-7);
         let s: f64 = t.probs.iter().map(|&x| x as f64).sum::<f64>() + t.rest as f64;
         assert!((s - 1.0).abs() < 1e-6);
-        assert_eq!(top_k(&row, 10).ids.len(), 5);
+        assert_eq!(top_k(&row, 10, 0.0).ids.len(), 5);
+        // A rest target keeps only as many as needed, and at least the argmax.
+        let peaked = [10.0f32, 0.0, 0.0, 0.0];
+        let t = top_k(&peaked, 4, 1e-3);
+        assert_eq!(t.ids, vec![0]);
+        assert!(t.rest > 0.0 && t.rest <= 1e-3);
+        assert_eq!(top_k(&peaked, 4, 1.0).ids, vec![0]);
+        let t = top_k(&row, 5, 0.2);
+        assert!(t.rest <= 0.2 && t.ids.len() < 5 && t.ids.len() > 1);
     }
 
     #[test]
@@ -168,7 +225,7 @@ mod tests {
             let (pb, _) = probs(&b);
             let full = divergences(&pc.iter().copied().zip(pb.iter().copied()).collect::<Vec<_>>());
             for k in [1, 8, 64, 200] {
-                let est = lumped(&pc, &top_k(&b, k));
+                let est = lumped(&pc, &top_k(&b, k, 0.0));
                 assert!(est.js <= full.0 + 1e-6, "lumping never increases JS: {} > {}", est.js, full.0);
                 assert!(full.0 - est.js <= est.js_bound + 1e-6, "k={k}: {} > bound {}", full.0 - est.js, est.js_bound);
                 assert!(est.kl_cb <= full.1 + 1e-6 && est.kl_bc <= full.2 + 1e-6);
@@ -185,7 +242,7 @@ mod tests {
         let b: Vec<Vec<f32>> = (0..5).map(|r| (0..100).map(|i| ((i * 5 + r) % 11) as f32 * 0.3).collect()).collect();
         let ks = [4, 32, 100];
         let mut s = vec![ErrorStats::default(); 3];
-        measure_rows(&c, &b, &ks, &mut s);
+        measure_rows(&c, &b, &ks, 0.0, &mut s);
         assert_eq!(s[0].positions, 5);
         assert!(s[0].js_max_abs >= s[1].js_max_abs && s[1].js_max_abs >= s[2].js_max_abs);
         assert!(s[2].js_max_abs < 1e-6 && s[2].rest_max < 1e-6);
