@@ -43,6 +43,9 @@ use trapdoor_reports::record::{
 };
 
 mod inside;
+mod snapshot;
+
+pub use snapshot::{open_snapshot, run_scan_snapshot};
 
 use super::policy::{conclude, LoadedPolicy};
 use crate::audit::{self, AuditOptions, LockFile, ModelFiles};

@@ -69,6 +69,8 @@ pub struct ModelEntry {
     pub tokenizer_sha256: Option<String>,
     /// sha256 of the token → id map (sorted `token\tid` lines): what token-level comparison needs to be equal.
     pub vocab_sha256: String,
+    /// Token ids that end a generation (a continuation ending in one stopped at EOS).
+    pub eos_tokens: Vec<u32>,
 }
 
 /// One suite as recorded.

@@ -167,6 +167,7 @@ pub fn model_entry(spec: &str, model: &Model) -> Result<ModelEntry, SnapshotErro
         files,
         tokenizer_sha256: r.tokenizer_sha256,
         vocab_sha256: vocab_sha256(model)?,
+        eos_tokens: model.eos_tokens(),
     })
 }
 
