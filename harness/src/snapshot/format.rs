@@ -225,7 +225,8 @@ pub fn encode_data(d: &SnapshotData) -> Vec<u8> {
     tensors.insert("case_prompt", (Raw::I64(d.case_prompt.clone()), vec![d.case_prompt.len()]));
     tensors.insert("max_new_tokens", (Raw::U32(d.prompts.iter().map(|p| p.max_new_tokens).collect()), vec![p]));
     let cont: Vec<u32> = d.prompts.iter().flat_map(|p| p.continuation.iter().copied()).collect();
-    tensors.insert("continuation_ids", (Raw::U32(cont), vec![n]));
+    let cl = cont.len();
+    tensors.insert("continuation_ids", (Raw::U32(cont), vec![cl]));
     tensors
         .insert("continuation_offsets", (Raw::I64(offsets(d.prompts.iter(), |p| p.continuation.len())), vec![p + 1]));
     let dists = || d.prompts.iter().flat_map(|p| p.dists.iter());
