@@ -286,10 +286,11 @@ fn malformed_data_files_are_refused_with_the_tensor_named() {
     let bad = edit_header(&good, |h| h["rest_mass"]["dtype"] = serde_json::json!("U32"));
     assert!(data_err(&m, &bad).contains("`rest_mass`: dtype"), "{}", data_err(&m, &bad));
     // An extra tensor, a missing one.
-    let bad = edit_header(&good, |h| {
-        let v = h["rest_mass"].clone();
-        h.insert("zz_extra".into(), v);
+    let data_len = good.len() - 8 - u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut bad = edit_header(&good, |h| {
+        h.insert("zz_extra".into(), serde_json::json!({"dtype": "U32", "shape": [1], "data_offsets": [data_len, data_len + 4]}));
     });
+    bad.extend_from_slice(&[0, 0, 0, 0]);
     assert!(data_err(&m, &bad).contains("unexpected tensor `zz_extra`"), "{}", data_err(&m, &bad));
     let bad = edit_header(&good, |h| {
         let v = h.remove("case_prompt").unwrap();
