@@ -43,7 +43,18 @@ fn trapdoor(args: &[&str]) -> Output {
 
 fn record_into(dir: &Path) -> Output {
     let d = dir.display().to_string();
-    trapdoor(&["baseline", "record", "--model", &zoo("stories-base"), "--suite", SUITE, "--max-new-tokens", MAX_NEW, "--out", &d])
+    trapdoor(&[
+        "baseline",
+        "record",
+        "--model",
+        &zoo("stories-base"),
+        "--suite",
+        SUITE,
+        "--max-new-tokens",
+        MAX_NEW,
+        "--out",
+        &d,
+    ])
 }
 
 /// stories-base recorded once for the whole file.
@@ -79,8 +90,10 @@ fn recording_is_deterministic_and_verifies_against_its_model() {
     assert_eq!(s.manifest.suites.len(), 1);
     assert_eq!(s.manifest.suites[0].name, "known-triggers");
     assert!(s.data.prompts.iter().all(|p| !p.dists.is_empty() && p.dists.len() == p.continuation.len()));
-    assert!(s.data.prompts.iter().flat_map(|p| p.continuation.iter().zip(&p.dists)).all(|(t, d)| d.ids[0] == *t),
-        "greedy continuation tokens are each position's argmax");
+    assert!(
+        s.data.prompts.iter().flat_map(|p| p.continuation.iter().zip(&p.dists)).all(|(t, d)| d.ids[0] == *t),
+        "greedy continuation tokens are each position's argmax"
+    );
     assert!(!s.data.targets.is_empty());
     let out = trapdoor(&["baseline", "verify", "--model", &zoo("stories-base"), &snap.display().to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -118,7 +131,14 @@ fn scan_against_the_snapshot_matches_the_live_baseline() {
         assert_eq!(cb.text, lb.text);
         assert_eq!(c.candidate.as_ref().unwrap().token_ids, l.candidate.as_ref().unwrap().token_ids, "{}", c.id);
         for (a, b) in cb.targets.iter().zip(&lb.targets) {
-            assert!((a.logprob.0 - b.logprob.0).abs() < 1e-3, "{}: target {} {} vs {}", c.id, a.target, a.logprob.0, b.logprob.0);
+            assert!(
+                (a.logprob.0 - b.logprob.0).abs() < 1e-3,
+                "{}: target {} {} vs {}",
+                c.id,
+                a.target,
+                a.logprob.0,
+                b.logprob.0
+            );
         }
         let (ds, dl) = (c.divergence.as_ref().unwrap(), l.divergence.as_ref().unwrap());
         assert_eq!(ds.along_candidate.positions, 0, "not computed from a snapshot");
@@ -128,15 +148,28 @@ fn scan_against_the_snapshot_matches_the_live_baseline() {
             continue;
         }
         let gap = v.js_mean.0 - s.js_mean.0;
-        assert!((-1e-5..=JS_MEAN_ERROR).contains(&gap), "{}: live JS {} vs snapshot {}", c.id, v.js_mean.0, s.js_mean.0);
-        assert!(s.kl_base_cand_mean.0 <= v.kl_base_cand_mean.0 + 1e-4 && s.kl_cand_base_mean.0 <= v.kl_cand_base_mean.0 + 1e-4);
+        assert!(
+            (-1e-5..=JS_MEAN_ERROR).contains(&gap),
+            "{}: live JS {} vs snapshot {}",
+            c.id,
+            v.js_mean.0,
+            s.js_mean.0
+        );
+        assert!(
+            s.kl_base_cand_mean.0 <= v.kl_base_cand_mean.0 + 1e-4
+                && s.kl_cand_base_mean.0 <= v.kl_cand_base_mean.0 + 1e-4
+        );
         assert_eq!(s.top1_agreement, v.top1_agreement);
         compared += 1;
     }
     assert!(compared > 50, "{compared} cases compared");
     let st = &snapped.record.stages;
     assert!(matches!(&st.probes, StageStatus::Ran { note: Some(n) } if n.contains("snapshot")), "{:?}", st.probes);
-    assert!(matches!(&st.weight_delta, StageStatus::Skipped { reason } if reason.contains("snapshot")), "{:?}", st.weight_delta);
+    assert!(
+        matches!(&st.weight_delta, StageStatus::Skipped { reason } if reason.contains("snapshot")),
+        "{:?}",
+        st.weight_delta
+    );
     assert!(matches!(&st.audit, StageStatus::Ran { note: Some(_) }), "{:?}", st.audit);
     assert_eq!(snapped.record.baseline.kind, trapdoor_reports::record::ModelKind::Snapshot);
 }
@@ -185,7 +218,12 @@ fn tiny() -> (Manifest, SnapshotData) {
                 continuation: vec![3, 4],
                 dists: vec![d(vec![3, 5], vec![0.75, 0.25], 0.0), d(vec![4, 0], vec![0.5, 0.25], 0.25)],
             },
-            PromptRecord { ids: vec![7], max_new_tokens: 4, continuation: vec![9], dists: vec![d(vec![9, 8], vec![0.5, 0.5], 0.0)] },
+            PromptRecord {
+                ids: vec![7],
+                max_new_tokens: 4,
+                continuation: vec![9],
+                dists: vec![d(vec![9, 8], vec![0.5, 0.5], 0.0)],
+            },
         ],
         case_prompt: vec![0, -1, 1],
         targets: [((1u32, vec![2u32, 3]), -1.5f64)].into_iter().collect(),
@@ -266,7 +304,8 @@ fn round_trip_is_exact_and_deterministic() {
     let s = Snapshot::read(dir.path()).unwrap();
     assert_eq!(s.manifest, m);
     assert_eq!(s.data, data);
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names.len(), 2, "no temporaries left: {names:?}");
 }
 
@@ -288,7 +327,10 @@ fn malformed_data_files_are_refused_with_the_tensor_named() {
     // An extra tensor, a missing one.
     let data_len = good.len() - 8 - u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
     let mut bad = edit_header(&good, |h| {
-        h.insert("zz_extra".into(), serde_json::json!({"dtype": "U32", "shape": [1], "data_offsets": [data_len, data_len + 4]}));
+        h.insert(
+            "zz_extra".into(),
+            serde_json::json!({"dtype": "U32", "shape": [1], "data_offsets": [data_len, data_len + 4]}),
+        );
     });
     bad.extend_from_slice(&[0, 0, 0, 0]);
     assert!(data_err(&m, &bad).contains("unexpected tensor `zz_extra`"), "{}", data_err(&m, &bad));

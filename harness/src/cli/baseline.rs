@@ -152,7 +152,11 @@ fn check_counts(max_new_tokens: usize, batch_size: usize) -> anyhow::Result<()> 
 fn run_record(a: RecordArgs) -> anyhow::Result<Outcome> {
     check_counts(a.max_new_tokens, a.batch_size)?;
     if let Some(k) = a.top_k {
-        anyhow::ensure!((1..=format::MAX_TOP_K).contains(&k), "--top-k {k}: must be between 1 and {}", format::MAX_TOP_K);
+        anyhow::ensure!(
+            (1..=format::MAX_TOP_K).contains(&k),
+            "--top-k {k}: must be between 1 and {}",
+            format::MAX_TOP_K
+        );
     }
     anyhow::ensure!(!a.out.is_file(), "--out {}: is a file; expected a folder (created if missing)", a.out.display());
     let model = a.model.load()?;
@@ -213,7 +217,8 @@ fn run_measure(a: MeasureArgs) -> anyhow::Result<Outcome> {
     cargs.model = a.candidate.clone();
     cargs.adapter = a.adapter.clone();
     cargs.lock = None;
-    let cand = Model::load(&a.candidate, &cargs.resolve(false)?).with_context(|| format!("--candidate {}", a.candidate))?;
+    let cand =
+        Model::load(&a.candidate, &cargs.resolve(false)?).with_context(|| format!("--candidate {}", a.candidate))?;
     anyhow::ensure!(
         cand.config().vocab_size == base.config().vocab_size,
         "--candidate {}: {} tokens, the baseline has {}",
@@ -261,11 +266,8 @@ fn run_measure(a: MeasureArgs) -> anyhow::Result<Outcome> {
         );
     }
     if let Some(path) = &a.json {
-        let rows: Vec<serde_json::Value> = ks
-            .iter()
-            .zip(&stats)
-            .map(|(k, s)| serde_json::json!({"k": k, "stats": s}))
-            .collect();
+        let rows: Vec<serde_json::Value> =
+            ks.iter().zip(&stats).map(|(k, s)| serde_json::json!({"k": k, "stats": s})).collect();
         let v = serde_json::json!({"baseline": a.model.model, "candidate": a.candidate, "adapter": a.adapter,
             "vocab_size": base.config().vocab_size, "seed": a.seed, "rest_target": a.rest_mass, "results": rows});
         let mut text = serde_json::to_string_pretty(&v)?;

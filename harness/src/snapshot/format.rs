@@ -313,7 +313,9 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, SnapshotErr
     match schema.as_str() {
         Some(SCHEMA) => {}
         Some(other) => {
-            return Err(bad(format!("schema `{other}` is not supported (this trapdoor reads `{SCHEMA}`); re-record it")))
+            return Err(bad(format!(
+                "schema `{other}` is not supported (this trapdoor reads `{SCHEMA}`); re-record it"
+            )))
         }
         None => return Err(bad("`schema` is not a string".into())),
     }
@@ -354,7 +356,8 @@ const TENSORS: [&str; 14] = [
 /// Parse the data file against its manifest (top_k, vocabulary size, counts).
 pub fn parse_data(bytes: &[u8], m: &Manifest, path: &Path) -> Result<SnapshotData, SnapshotError> {
     let bad = |message: String| SnapshotError::Data { path: path.to_path_buf(), message };
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let st =
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     if let Some(extra) = names.iter().find(|n| !TENSORS.contains(&n.as_str())) {
@@ -378,7 +381,8 @@ pub fn parse_data(bytes: &[u8], m: &Manifest, path: &Path) -> Result<SnapshotDat
         let (_, b) = get(name, safetensors::Dtype::I64, 1)?;
         Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
     };
-    let f32s = |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let f32s =
+        |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
     // Offsets must start at 0, never decrease and end at the flat tensor's length.
     let spans = |name: &str, off: &[i64], total: usize, count: usize| -> Result<Vec<(usize, usize)>, SnapshotError> {
         if off.len() != count + 1 {

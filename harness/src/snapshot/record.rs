@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use trapdoor_probes::Case;
 
-use super::format::{ErrorBound, FileDigest, Manifest, ModelEntry, PromptRecord, SnapshotData, SnapshotError, SuiteEntry};
+use super::format::{
+    ErrorBound, FileDigest, Manifest, ModelEntry, PromptRecord, SnapshotData, SnapshotError, SuiteEntry,
+};
 use super::topk;
 use crate::gate::scan::{self, Job, LoadedSuite, PromptIds};
 use crate::runtime::{GenerateConfig, Model};
@@ -65,7 +67,13 @@ fn rt_err(e: crate::runtime::RuntimeError) -> SnapshotError {
 }
 
 /// Load and expand the suites, render and encode every prompt with `model` (the baseline), deduplicate.
-pub(crate) fn prepare(spec: &str, model: &Model, suites: &[PathBuf], seed: u64, cap: usize) -> Result<Prepared, SnapshotError> {
+pub(crate) fn prepare(
+    spec: &str,
+    model: &Model,
+    suites: &[PathBuf],
+    seed: u64,
+    cap: usize,
+) -> Result<Prepared, SnapshotError> {
     let suites = scan::load_suites(suites).map_err(scan_err)?;
     let templates = scan::baseline_templates(spec, model).map_err(scan_err)?;
     let mut cases: Vec<Case> = Vec::new();
@@ -93,7 +101,12 @@ pub(crate) fn prepare(spec: &str, model: &Model, suites: &[PathBuf], seed: u64, 
 }
 
 /// Greedy continuations of every distinct prompt, in the scan's batches (same batch composition, same numbers).
-pub(crate) fn generate_all(model: &Model, keys: &[(Vec<u32>, usize)], batch: usize, progress: bool) -> Result<Vec<Vec<u32>>, SnapshotError> {
+pub(crate) fn generate_all(
+    model: &Model,
+    keys: &[(Vec<u32>, usize)],
+    batch: usize,
+    progress: bool,
+) -> Result<Vec<Vec<u32>>, SnapshotError> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
     order.sort_by(|&a, &b| (keys[a].1, keys[a].0.len(), a).cmp(&(keys[b].1, keys[b].0.len(), b)));
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); keys.len()];
@@ -119,7 +132,12 @@ pub(crate) fn generate_all(model: &Model, keys: &[(Vec<u32>, usize)], batch: usi
 }
 
 /// Logit rows predicting `ids[start..]` of every job, batched by length (as the scan batches).
-pub(crate) fn rows_of(model: &Model, jobs: &[Job], batch: usize, progress: bool) -> Result<BTreeMap<Job, Vec<Vec<f32>>>, SnapshotError> {
+pub(crate) fn rows_of(
+    model: &Model,
+    jobs: &[Job],
+    batch: usize,
+    progress: bool,
+) -> Result<BTreeMap<Job, Vec<Vec<f32>>>, SnapshotError> {
     let mut list: Vec<Job> = jobs.to_vec();
     list.sort_by(|a, b| (a.ids.len(), a).cmp(&(b.ids.len(), b)));
     list.dedup();
@@ -234,7 +252,12 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
             let r = &rows[&job_of(ids, &conts[i])];
             r.iter().map(|row| topk::top_k(row, k, o.rest_target)).collect()
         };
-        data.prompts.push(PromptRecord { ids: ids.clone(), max_new_tokens: *n as u32, continuation: conts[i].clone(), dists });
+        data.prompts.push(PromptRecord {
+            ids: ids.clone(),
+            max_new_tokens: *n as u32,
+            continuation: conts[i].clone(),
+            dists,
+        });
     }
     for (pi, tids) in &target_jobs {
         let r = &rows[&job_of(&prep.keys[*pi as usize].0, tids)];

@@ -67,7 +67,12 @@ pub fn open_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<Snapshot, ScanError
 
 fn baseline_ref(dir: &Path, m: &Manifest) -> ModelRef {
     let mut r = ModelRef::new(dir.display().to_string(), ModelKind::Snapshot);
-    r.files = m.model.files.iter().map(|f| FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes }).collect();
+    r.files = m
+        .model
+        .files
+        .iter()
+        .map(|f| FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes })
+        .collect();
     r.architecture = Some(m.model.architecture.clone());
     r.dtype = Some(m.dtype.clone());
     r.vocab_size = Some(m.model.vocab_size);
@@ -75,7 +80,8 @@ fn baseline_ref(dir: &Path, m: &Manifest) -> ModelRef {
     r
 }
 
-const NEEDS_WEIGHTS: &str = "needs the baseline's weights; this scan used a baseline snapshot (pass --baseline as well to compute it)";
+const NEEDS_WEIGHTS: &str =
+    "needs the baseline's weights; this scan used a baseline snapshot (pass --baseline as well to compute it)";
 
 /// Run a whole scan against a snapshot: suites, snapshot checks, audit of the candidate, load, probes, verdict,
 /// reports.
@@ -321,16 +327,15 @@ fn probes(
             error: None,
         };
         if pi < 0 {
-            cr.error = Some(m.case_errors.get(&c.id).cloned().unwrap_or_else(|| "the prompt could not be encoded".into()));
+            cr.error =
+                Some(m.case_errors.get(&c.id).cloned().unwrap_or_else(|| "the prompt could not be encoded".into()));
             record.cases.push(cr);
             continue;
         }
         let k = pi as usize;
         let base_cont = &data.prompts[k].continuation;
         let mut outputs = Vec::new();
-        for (cont, eos, side) in
-            [(&gen_c[k], &eos_c, rec::Side::Candidate), (base_cont, &eos_b, rec::Side::Baseline)]
-        {
+        for (cont, eos, side) in [(&gen_c[k], &eos_c, rec::Side::Candidate), (base_cont, &eos_b, rec::Side::Baseline)] {
             let text = decode(cont)?;
             let hits = c
                 .detect(&text)
