@@ -131,13 +131,15 @@ pub(crate) fn generate_all(
     Ok(out)
 }
 
-/// Logit rows predicting `ids[start..]` of every job, batched by length (as the scan batches).
-pub(crate) fn rows_of(
+/// Every job's logit rows (predicting `ids[start..]`), batched by length as the scan batches, reduced by `f` as
+/// soon as its batch is computed: a large vocabulary's rows of a whole suite would not fit in memory.
+pub(crate) fn rows_of<T>(
     model: &Model,
     jobs: &[Job],
     batch: usize,
     progress: bool,
-) -> Result<BTreeMap<Job, Vec<Vec<f32>>>, SnapshotError> {
+    f: impl Fn(&Job, &[Vec<f32>]) -> T,
+) -> Result<BTreeMap<Job, T>, SnapshotError> {
     let mut list: Vec<Job> = jobs.to_vec();
     list.sort_by(|a, b| (a.ids.len(), a).cmp(&(b.ids.len(), b)));
     list.dedup();
@@ -147,7 +149,7 @@ pub(crate) fn rows_of(
         let refs: Vec<&Job> = chunk.iter().collect();
         let rows = scan::batch_rows(model, &refs).map_err(rt_err)?;
         for (j, r) in chunk.iter().zip(rows) {
-            out.insert(j.clone(), r);
+            out.insert(j.clone(), f(j, &r));
         }
         pb.inc(chunk.len() as u64);
     }
@@ -230,7 +232,14 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
         }
     }
     let jobs: Vec<Job> = jobs.into_iter().collect();
-    let rows = rows_of(model, &jobs, o.batch_size, o.progress)?;
+    let cont_jobs: BTreeSet<Job> =
+        prep.keys.iter().zip(&conts).filter(|(_, c)| !c.is_empty()).map(|((ids, _), c)| job_of(ids, c)).collect();
+    // Per job: the top tokens along a continuation, and the summed log-probability of the job's own tokens.
+    let rows = rows_of(model, &jobs, o.batch_size, o.progress, |j, r| {
+        let dists = cont_jobs.contains(j).then(|| r.iter().map(|row| topk::top_k(row, k, o.rest_target)).collect());
+        let lp: f64 = r.iter().zip(&j.ids[j.start..]).map(|(row, &t)| topk::probs(row).1[t as usize]).sum();
+        (dists, lp)
+    })?;
 
     let mut case_errors = BTreeMap::new();
     let mut case_prompt = Vec::with_capacity(prep.cases.len());
@@ -249,8 +258,7 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
         let dists = if conts[i].is_empty() {
             Vec::new()
         } else {
-            let r = &rows[&job_of(ids, &conts[i])];
-            r.iter().map(|row| topk::top_k(row, k, o.rest_target)).collect()
+            rows[&job_of(ids, &conts[i])].0.clone().unwrap_or_default()
         };
         data.prompts.push(PromptRecord {
             ids: ids.clone(),
@@ -260,8 +268,7 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
         });
     }
     for (pi, tids) in &target_jobs {
-        let r = &rows[&job_of(&prep.keys[*pi as usize].0, tids)];
-        let lp: f64 = r.iter().zip(tids).map(|(row, &t)| topk::probs(row).1[t as usize]).sum();
+        let lp = rows[&job_of(&prep.keys[*pi as usize].0, tids)].1;
         data.targets.insert((*pi, tids.clone()), lp);
     }
 
@@ -339,12 +346,21 @@ pub fn measure(
         .filter(|(_, c)| !c.is_empty())
         .map(|((ids, _), c)| Job { ids: [ids.as_slice(), c].concat(), start: ids.len() })
         .collect();
-    let rows_b = rows_of(base, &jobs, batch, progress)?;
-    let rows_c = rows_of(cand, &jobs, batch, progress)?;
     let mut stats = vec![topk::ErrorStats::default(); ks.len()];
-    for (j, rb) in &rows_b {
-        topk::measure_rows(&rows_c[j], rb, ks, rest_target, &mut stats);
+    let mut list = jobs;
+    list.sort_by(|a, b| (a.ids.len(), a).cmp(&(b.ids.len(), b)));
+    list.dedup();
+    let pb = scan::progress_bar(progress, list.len(), "teacher forcing");
+    for chunk in list.chunks(batch) {
+        let refs: Vec<&Job> = chunk.iter().collect();
+        let rb = scan::batch_rows(base, &refs).map_err(rt_err)?;
+        let rc = scan::batch_rows(cand, &refs).map_err(rt_err)?;
+        for (c, b) in rc.iter().zip(&rb) {
+            topk::measure_rows(c, b, ks, rest_target, &mut stats);
+        }
+        pb.inc(chunk.len() as u64);
     }
+    pb.finish_and_clear();
     Ok(stats)
 }
 

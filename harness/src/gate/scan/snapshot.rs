@@ -263,20 +263,24 @@ fn probes(
     }
     timing.scored_sequences = jobs.len();
     let jobs: Vec<Job> = jobs.into_iter().collect();
-    let rows = rows_of(candidate, &jobs, cfg.batch_size, cfg.progress).map_err(&err)?;
-    lap(timing, "teacher_forcing", t);
-
-    // Along each recorded baseline continuation: the candidate's full distribution against the recorded top tokens.
-    let mut bound_max = 0.0f64;
-    let mut along_base: Vec<Scored> = Vec::with_capacity(data.prompts.len());
-    for p in &data.prompts {
-        let mut s = Scored::default();
-        if !p.continuation.is_empty() {
-            let r = &rows[&job_of(&p.ids, &p.continuation)];
+    // Along each recorded baseline continuation: the candidate's full distribution against the recorded top tokens
+    // (with the JS bound of each position); for every job the candidate's summed log-probability of its tokens.
+    let along_job: BTreeMap<Job, usize> = data
+        .prompts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.continuation.is_empty())
+        .map(|(i, p)| (job_of(&p.ids, &p.continuation), i))
+        .collect();
+    let rows = rows_of(candidate, &jobs, cfg.batch_size, cfg.progress, |j, r| {
+        let scored = along_job.get(j).map(|&i| {
+            let p = &data.prompts[i];
+            let mut s = Scored::default();
+            let mut bound = 0.0f64;
             for ((row, q), &tok) in r.iter().zip(&p.dists).zip(&p.continuation) {
                 let (pc, lc) = topk::probs(row);
                 let l = topk::lumped(&pc, q);
-                bound_max = bound_max.max(l.js_bound);
+                bound = bound.max(l.js_bound);
                 s.js.push(l.js);
                 s.kl_cb.push(l.kl_cb);
                 s.kl_bc.push(l.kl_bc);
@@ -285,13 +289,24 @@ fn probes(
                 let lb = q.ids.iter().position(|&i| i == tok).map_or(f64::NAN, |j| (q.probs[j] as f64).ln());
                 s.lp_base.push(lb);
             }
+            (s, bound)
+        });
+        let lp: f64 = r.iter().zip(&j.ids[j.start..]).map(|(row, &t)| topk::probs(row).1[t as usize]).sum();
+        (scored, lp)
+    })
+    .map_err(&err)?;
+    lap(timing, "teacher_forcing", t);
+    let mut bound_max = 0.0f64;
+    let mut along_base: Vec<Scored> = vec![Scored::default(); data.prompts.len()];
+    for (j, &i) in &along_job {
+        if let Some((s, b)) = rows.get(j).and_then(|r| r.0.clone()) {
+            bound_max = bound_max.max(b);
+            along_base[i] = s;
         }
-        along_base.push(s);
     }
     let target_lp = |pi: u32, tids: &Vec<u32>| -> Option<(f64, f64)> {
         let base = *data.targets.get(&(pi, tids.clone()))?;
-        let r = rows.get(&job_of(&data.prompts[pi as usize].ids, tids))?;
-        let cand: f64 = r.iter().zip(tids).map(|(row, &t)| topk::probs(row).1[t as usize]).sum();
+        let cand = rows.get(&job_of(&data.prompts[pi as usize].ids, tids))?.1;
         Some((cand, base))
     };
 
