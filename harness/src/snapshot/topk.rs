@@ -74,7 +74,9 @@ pub fn lumped(p: &[f64], q: &super::TopK) -> Lumped {
         p_top += pi;
         pairs.push((pi, qi as f64));
     }
-    let p_rest = (1.0 - p_top).max(0.0);
+    // `1 − Σ` leaves rounding residue (~1e-16) when the baseline kept every token: that is no mass, and must not
+    // meet a zero baseline rest as an infinite KL.
+    let p_rest = if 1.0 - p_top < 1e-12 { 0.0 } else { 1.0 - p_top };
     let q_rest = q.rest as f64;
     pairs.push((p_rest, q_rest));
     let d = divergences(&pairs);
