@@ -1,7 +1,7 @@
 //! `trapdoor scan --candidate MODEL [--adapter DIR] (--baseline MODEL | --baseline-snapshot DIR) [--suite FILE]...
 //! [--policy FILE] --out DIR [--seed N] [--device D] [--dtype T] [--strict] [--lock FILE] [--max-new-tokens N]`:
-//! compare a candidate with its baseline and decide whether it may be promoted. Exit 0 pass (and warn unless `--strict`), 1 fail, 2 error,
-//! 3 nothing evaluated.
+//! compare a candidate with its baseline and decide whether it may be promoted. Exit 0 pass (and warn unless
+//! `--strict`), 1 fail, 2 error, 3 nothing evaluated.
 
 use std::path::PathBuf;
 
