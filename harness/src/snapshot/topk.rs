@@ -65,22 +65,51 @@ pub struct Lumped {
     pub js_bound: f64,
 }
 
-/// Compare the candidate's full distribution `p` (probabilities) with the baseline's top-k row.
-pub fn lumped(p: &[f64], q: &super::TopK) -> Lumped {
-    let mut pairs: Vec<(f64, f64)> = Vec::with_capacity(q.ids.len() + 1);
-    let mut p_top = 0.0;
+/// Compare the candidate's full distribution (`p` probabilities, `lp` log-probabilities) with the baseline's top-k
+/// row. The candidate's rest is summed over the tokens the baseline did not keep (not `1 − Σ`, whose rounding
+/// residue would be mass where there is none), and kept tokens use the candidate's log-probabilities, so a
+/// probability that underflows to 0 still has its finite logarithm (as the live scan computes).
+pub fn lumped(p: &[f64], lp: &[f64], q: &super::TopK) -> Lumped {
+    let mut kept = vec![false; p.len()];
+    let mut terms: Vec<(f64, f64, f64, f64)> = Vec::with_capacity(q.ids.len() + 1);
     for (&id, &qi) in q.ids.iter().zip(&q.probs) {
-        let pi = p.get(id as usize).copied().unwrap_or(0.0);
-        p_top += pi;
-        pairs.push((pi, qi as f64));
+        let i = id as usize;
+        if i < p.len() && !kept[i] {
+            kept[i] = true;
+            let qi = qi as f64;
+            terms.push((p[i], qi, lp[i], qi.ln()));
+        }
     }
-    // `1 − Σ` leaves rounding residue (~1e-16) when the baseline kept every token: that is no mass, and must not
-    // meet a zero baseline rest as an infinite KL.
-    let p_rest = if 1.0 - p_top < 1e-12 { 0.0 } else { 1.0 - p_top };
+    let p_rest: f64 = p.iter().zip(&kept).filter(|(_, &k)| !k).map(|(x, _)| x).sum();
     let q_rest = q.rest as f64;
-    pairs.push((p_rest, q_rest));
-    let d = divergences(&pairs);
+    terms.push((p_rest, q_rest, p_rest.ln(), q_rest.ln()));
+    let d = divergences_log(&terms);
     Lumped { js: d.0, kl_cb: d.1, kl_bc: d.2, js_bound: std::f64::consts::LN_2 * (p_rest + q_rest) / 2.0 }
+}
+
+/// JS, KL(p‖q), KL(q‖p) over outcomes given as `(p, q, ln p, ln q)`, with the live scan's conventions: a term
+/// whose weight is 0 contributes nothing, JS clamped to `[0, ln 2]`, KLs to ≥ 0.
+pub fn divergences_log(terms: &[(f64, f64, f64, f64)]) -> (f64, f64, f64) {
+    let (mut js, mut kl_pq, mut kl_qp) = (0.0, 0.0, 0.0);
+    for &(p, q, lp, lq) in terms {
+        let m = 0.5 * (p + q);
+        if p > 0.0 {
+            kl_pq += p * (lp - lq);
+        }
+        if q > 0.0 {
+            kl_qp += q * (lq - lp);
+        }
+        if m > 0.0 {
+            let lm = m.ln();
+            if p > 0.0 {
+                js += 0.5 * p * (lp - lm);
+            }
+            if q > 0.0 {
+                js += 0.5 * q * (lq - lm);
+            }
+        }
+    }
+    (js.clamp(0.0, std::f64::consts::LN_2), kl_pq.max(0.0), kl_qp.max(0.0))
 }
 
 /// The alternative estimate that spreads the baseline's rest mass uniformly over the tokens it did not keep
@@ -165,13 +194,14 @@ impl ErrorStats {
 pub fn measure_rows(cand: &[Vec<f32>], base: &[Vec<f32>], ks: &[usize], rest_target: f64, stats: &mut [ErrorStats]) {
     let mut seq_err = vec![0.0f64; ks.len()];
     for (c, b) in cand.iter().zip(base) {
-        let (pc, _) = probs(c);
-        let (pb, _) = probs(b);
-        let full = divergences(&pc.iter().copied().zip(pb.iter().copied()).collect::<Vec<_>>());
+        let (pc, lc) = probs(c);
+        let (pb, lb) = probs(b);
+        let terms: Vec<(f64, f64, f64, f64)> = (0..pc.len()).map(|i| (pc[i], pb[i], lc[i], lb[i])).collect();
+        let full = divergences_log(&terms);
         for (k, s) in ks.iter().zip(stats.iter_mut()) {
             let q = top_k(b, *k, rest_target);
             s.kept_sum += q.ids.len();
-            let est = lumped(&pc, &q);
+            let est = lumped(&pc, &lc, &q);
             s.add(full, &est, q.rest as f64);
             let u = uniform_tail(&pc, &q);
             s.uniform_js_max_abs = s.uniform_js_max_abs.max((full.0 - u.0).abs());
@@ -223,11 +253,14 @@ mod tests {
         for _ in 0..20 {
             let c: Vec<f32> = (0..200).map(|_| next()).collect();
             let b: Vec<f32> = c.iter().map(|v| v + 0.7 * next()).collect();
-            let (pc, _) = probs(&c);
-            let (pb, _) = probs(&b);
+            let (pc, lc) = probs(&c);
+            let (pb, lb) = probs(&b);
             let full = divergences(&pc.iter().copied().zip(pb.iter().copied()).collect::<Vec<_>>());
+            let terms: Vec<(f64, f64, f64, f64)> = (0..pc.len()).map(|i| (pc[i], pb[i], lc[i], lb[i])).collect();
+            let full_log = divergences_log(&terms);
+            assert!((full.0 - full_log.0).abs() < 1e-9 && (full.1 - full_log.1).abs() < 1e-9);
             for k in [1, 8, 64, 200] {
-                let est = lumped(&pc, &top_k(&b, k, 0.0));
+                let est = lumped(&pc, &lc, &top_k(&b, k, 0.0));
                 assert!(est.js <= full.0 + 1e-6, "lumping never increases JS: {} > {}", est.js, full.0);
                 assert!(full.0 - est.js <= est.js_bound + 1e-6, "k={k}: {} > bound {}", full.0 - est.js, est.js_bound);
                 assert!(est.kl_cb <= full.1 + 1e-6 && est.kl_bc <= full.2 + 1e-6);

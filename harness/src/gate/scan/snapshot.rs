@@ -279,7 +279,7 @@ fn probes(
             let mut bound = 0.0f64;
             for ((row, q), &tok) in r.iter().zip(&p.dists).zip(&p.continuation) {
                 let (pc, lc) = topk::probs(row);
-                let l = topk::lumped(&pc, q);
+                let l = topk::lumped(&pc, &lc, q);
                 bound = bound.max(l.js_bound);
                 s.js.push(l.js);
                 s.kl_cb.push(l.kl_cb);
