@@ -255,11 +255,8 @@ pub fn record(spec: &str, model: &Model, o: &RecordOptions) -> Result<(Manifest,
     let mut data =
         SnapshotData { top_k: k, prompts: Vec::with_capacity(prep.keys.len()), case_prompt, targets: BTreeMap::new() };
     for (i, (ids, n)) in prep.keys.iter().enumerate() {
-        let dists = if conts[i].is_empty() {
-            Vec::new()
-        } else {
-            rows[&job_of(ids, &conts[i])].0.clone().unwrap_or_default()
-        };
+        let dists =
+            if conts[i].is_empty() { Vec::new() } else { rows[&job_of(ids, &conts[i])].0.clone().unwrap_or_default() };
         data.prompts.push(PromptRecord {
             ids: ids.clone(),
             max_new_tokens: *n as u32,
