@@ -1,15 +1,18 @@
-//! `trapdoor scan --candidate MODEL [--adapter DIR] --baseline MODEL [--suite FILE]... [--policy FILE] --out DIR
-//! [--seed N] [--device D] [--dtype T] [--strict] [--lock FILE] [--max-new-tokens N]`: compare a candidate with its
-//! baseline and decide whether it may be promoted. Exit 0 pass (and warn unless `--strict`), 1 fail, 2 error,
-//! 3 nothing evaluated.
+//! `trapdoor scan --candidate MODEL [--adapter DIR] (--baseline MODEL | --baseline-snapshot DIR) [--suite FILE]...
+//! [--policy FILE] --out DIR [--seed N] [--device D] [--dtype T] [--strict] [--lock FILE] [--max-new-tokens N]`:
+//! compare a candidate with its baseline and decide whether it may be promoted. Exit 0 pass (and warn unless
+//! `--strict`), 1 fail, 2 error, 3 nothing evaluated.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use trapdoor::gate::policy::Policy;
-use trapdoor::gate::scan::{run_scan, ScanConfig, DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED};
+use trapdoor::gate::scan::{
+    open_snapshot, run_scan, run_scan_snapshot, ScanConfig, DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED,
+};
 use trapdoor::runtime::device::DeviceSpec;
-use trapdoor::runtime::parse_dtype;
+use trapdoor::runtime::{parse_dtype, LoadOptions, Model};
+use trapdoor::snapshot::record::verify_model;
 
 use crate::Outcome;
 
@@ -22,8 +25,12 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// The trusted baseline (normally the candidate's base model).
-    #[arg(long, value_name = "MODEL")]
-    pub baseline: String,
+    #[arg(long, value_name = "MODEL", required_unless_present = "baseline_snapshot")]
+    pub baseline: Option<String>,
+    /// A baseline snapshot (`trapdoor baseline record`) to compare against instead of loading the baseline; with
+    /// `--baseline` as well, the snapshot is checked against that model and everything is computed live.
+    #[arg(long, value_name = "DIR")]
+    pub baseline_snapshot: Option<PathBuf>,
     /// A probe-suite file; repeatable. Without it the shipped default set (embedded in the binary) runs;
     /// `embedded:default` names that set (to add suites to it) and `embedded:NAME.yaml` one shipped suite.
     #[arg(long = "suite", value_name = "FILE")]
@@ -82,7 +89,7 @@ impl Args {
             "--out {}: is a file; expected a directory (created if missing)",
             self.out.display()
         );
-        let mut cfg = ScanConfig::new(&self.candidate, &self.baseline);
+        let mut cfg = ScanConfig::new(&self.candidate, self.baseline.clone().unwrap_or_default());
         cfg.adapter = self.adapter.clone();
         cfg.suites = self.suites.clone();
         cfg.policy = policy;
@@ -102,7 +109,26 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     super::threads::apply_default();
     let cfg = args.resolve()?;
-    let result = run_scan(&cfg)?;
+    let result = match (&args.baseline, &args.baseline_snapshot) {
+        (None, Some(dir)) => run_scan_snapshot(&cfg, dir)?,
+        (Some(base), Some(dir)) => {
+            // Both: the snapshot must be this baseline's (same files, suites, seed, settings); the scan is live.
+            let snap = open_snapshot(&cfg, dir)?;
+            let opts = LoadOptions {
+                dtype: cfg.dtype,
+                device: cfg.device.open()?,
+                adapter: None,
+                allow_network: false,
+                hash_files: true,
+            };
+            let model = Model::load(base, &opts).with_context(|| format!("--baseline {base}"))?;
+            verify_model(&snap.manifest, base, &model)
+                .with_context(|| format!("--baseline-snapshot {} refused", dir.display()))?;
+            drop(model);
+            run_scan(&cfg)?
+        }
+        _ => run_scan(&cfg)?,
+    };
     let v = &result.record.verdict;
     println!("verdict: {}", result.decision.as_str());
     for r in v.reasons.iter().filter(|r| r.decision != trapdoor_reports::record::Decision::Pass).take(10) {

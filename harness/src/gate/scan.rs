@@ -43,6 +43,9 @@ use trapdoor_reports::record::{
 };
 
 mod inside;
+mod snapshot;
+
+pub use snapshot::{open_snapshot, run_scan_snapshot};
 
 use super::policy::{conclude, LoadedPolicy};
 use crate::audit::{self, AuditOptions, LockFile, ModelFiles};
@@ -204,12 +207,12 @@ pub(crate) type PromptIds = Result<(Vec<u32>, usize), String>;
 // ---------------------------------------------------------------------------------------------------------------
 
 /// A loaded suite with the path the record shows.
-struct LoadedSuite {
-    suite: Suite,
-    recorded_path: String,
+pub(crate) struct LoadedSuite {
+    pub(crate) suite: Suite,
+    pub(crate) recorded_path: String,
 }
 
-fn load_suites(paths: &[PathBuf]) -> Result<Vec<LoadedSuite>, ScanError> {
+pub(crate) fn load_suites(paths: &[PathBuf]) -> Result<Vec<LoadedSuite>, ScanError> {
     let mut out: Vec<LoadedSuite> = Vec::new();
     if paths.is_empty() {
         for (file, text) in shipped::SHIPPED {
@@ -522,7 +525,7 @@ fn detector_kind(k: trapdoor_probes::DetectorKind) -> &'static str {
 /// (higher is suspicious) for every other kind. A target whose role points the other way (a refusal opener in a
 /// trigger probe, an attacker string in a safety probe) would cancel the signal it sits beside, so it is not scored;
 /// the probe's detectors still read it.
-fn scored_target(kind: trapdoor_probes::ProbeKind, t: &trapdoor_probes::Target) -> bool {
+pub(crate) fn scored_target(kind: trapdoor_probes::ProbeKind, t: &trapdoor_probes::Target) -> bool {
     use trapdoor_probes::TargetRole;
     match kind {
         trapdoor_probes::ProbeKind::Safety => t.role == TargetRole::Refusal,
@@ -560,7 +563,7 @@ fn probe_infos(s: &Suite) -> Vec<rec::ProbeInfo> {
         .collect()
 }
 
-fn model_ref(spec: &str, m: &Model) -> ModelRef {
+pub(crate) fn model_ref(spec: &str, m: &Model) -> ModelRef {
     let info = m.info();
     let kind = match info.source_kind.as_str() {
         "gguf" => ModelKind::Gguf,
@@ -628,12 +631,12 @@ fn model_ref(spec: &str, m: &Model) -> ModelRef {
 
 /// How prompts become text for the model: the baseline's chat template (when a suite asks for one) and its special
 /// tokens.
-struct Templates {
+pub(crate) struct Templates {
     model: Option<chat_template::ChatTemplate>,
     special: BTreeMap<String, String>,
 }
 
-fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
+pub(crate) fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
     let err = |message: String| ScanError::ChatTemplate { spec: spec.to_string(), message };
     let path = PathBuf::from(&m.info().resolved_path);
     let mut source: Option<String> = None;
@@ -680,7 +683,7 @@ fn baseline_templates(spec: &str, m: &Model) -> Result<Templates, ScanError> {
 }
 
 /// The text sent to the model for a case.
-fn render_prompt(case: &Case, t: &Templates) -> Result<String, String> {
+pub(crate) fn render_prompt(case: &Case, t: &Templates) -> Result<String, String> {
     let inline;
     let template: &chat_template::ChatTemplate = match &case.chat_template {
         trapdoor_probes::ChatTemplate::None => return Ok(case.prompt.clone()),
@@ -705,9 +708,9 @@ fn render_prompt(case: &Case, t: &Templates) -> Result<String, String> {
 
 /// One teacher-forced sequence: `ids[start..]` are the tokens whose probabilities are read.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Job {
-    ids: Vec<u32>,
-    start: usize,
+pub(crate) struct Job {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) start: usize,
 }
 
 /// Per-position comparison of the two models along one sequence.
@@ -771,7 +774,7 @@ fn compare_rows(c: &[f32], b: &[f32], tok: usize) -> Compared {
 const MAX_BATCH_LOGITS: usize = 32 << 20;
 
 /// For each job of a right-padded batch, the logit rows predicting `ids[start..]`.
-fn batch_rows(m: &Model, batch: &[&Job]) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
+pub(crate) fn batch_rows(m: &Model, batch: &[&Job]) -> Result<Vec<Vec<Vec<f32>>>, RuntimeError> {
     let t = batch.iter().map(|j| j.ids.len()).max().unwrap_or(1);
     let b = batch.len();
     let mut ids = Vec::with_capacity(b * t);
@@ -859,7 +862,7 @@ fn trace(s: &Scored) -> DivergenceTrace {
     }
 }
 
-fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
