@@ -1,6 +1,7 @@
-//! `--lock` / `--baseline-lock` on the two-model commands (`diff`, `invert`): both models are verified against their
-//! locks before either is loaded; a mismatch is one line naming the flag and the file, exit 2. "Before loading" is
-//! shown by truncating the weights: the loader would fail on them with its own error, and the lock error comes instead.
+//! `--lock` / `--baseline-lock` on the two-model commands (`diff`, `invert`, `scan`): both models are verified
+//! against their locks before either is loaded; a mismatch is one line naming the flag and the file, exit 2.
+//! "Before loading" is shown by truncating the weights: the loader would fail on them with its own error, and the
+//! lock error comes instead.
 
 mod common;
 
@@ -167,4 +168,46 @@ fn invert_verifies_both_models_before_loading_either() {
         &invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
         &["--lock", "cand.lock", "changed model.safetensors"],
     );
+}
+
+#[test]
+fn scan_verifies_the_baseline_lock_before_anything_loads() {
+    let d = tempfile::tempdir().unwrap();
+    let (cand, base) = (d.path().join("cand"), d.path().join("base"));
+    copy_model(&zoo("stories-bd-word"), &cand);
+    copy_model(&zoo("stories-base"), &base);
+    let (cl, bl) = (d.path().join("cand.lock"), d.path().join("base.lock"));
+    lock(&cand, None, &cl);
+    lock(&base, None, &bl);
+    // Truncated candidate weights keep every run cheap: the audit stops the scan before loading either model.
+    truncate(&cand.join("model.safetensors"));
+    let out = d.path().join("out");
+    let scan = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["scan", "--candidate", s(&cand), "--baseline", s(&base), "--out", s(&out)];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect()
+    };
+    // The right lock changes nothing: same exit code and no lock message as without it.
+    let plain = trapdoor(&scan(&[]));
+    let locked = trapdoor(&scan(&["--baseline-lock", s(&bl)]));
+    assert_eq!(plain.status.code(), locked.status.code(), "{}", String::from_utf8_lossy(&locked.stderr));
+    assert!(!String::from_utf8_lossy(&locked.stderr).contains("lock"), "{}", String::from_utf8_lossy(&locked.stderr));
+    // Another model's lock is an error naming the flag, the lock and the file, before the audit runs.
+    std::fs::remove_dir_all(&out).unwrap();
+    fails(&scan(&["--baseline-lock", s(&cl)]), &["--baseline-lock", "cand.lock", "changed model.safetensors"]);
+    assert!(!out.join("report.json").exists(), "no report from a refused scan");
+    // Without a live baseline there is nothing to check the lock against.
+    let snap = trapdoor(&[
+        "scan",
+        "--candidate",
+        s(&cand),
+        "--baseline-snapshot",
+        s(d.path()),
+        "--baseline-lock",
+        s(&bl),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(snap.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&snap.stderr).contains("--baseline"), "{}", String::from_utf8_lossy(&snap.stderr));
 }

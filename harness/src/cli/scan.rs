@@ -56,6 +56,9 @@ pub struct Args {
     /// A lock file (`trapdoor lock`) the candidate must match; mismatches are critical audit findings.
     #[arg(long, value_name = "FILE")]
     pub lock: Option<PathBuf>,
+    /// A lock file the baseline must match, checked before anything loads; a mismatch is an error (exit 2).
+    #[arg(long, value_name = "FILE", requires = "baseline")]
+    pub baseline_lock: Option<PathBuf>,
     /// Most tokens generated per case (a suite asking for fewer gets fewer).
     #[arg(long, default_value_t = DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
@@ -98,6 +101,7 @@ impl Args {
         cfg.dtype = dtype;
         cfg.out = Some(self.out.clone());
         cfg.lock = self.lock.clone();
+        cfg.baseline_lock = self.baseline_lock.clone();
         cfg.progress = true;
         cfg.max_new_tokens = self.max_new_tokens;
         cfg.batch_size = self.batch_size;

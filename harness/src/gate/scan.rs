@@ -83,6 +83,9 @@ pub struct ScanConfig {
     pub out: Option<PathBuf>,
     /// A lock file the candidate must match (mismatches are critical audit findings).
     pub lock: Option<PathBuf>,
+    /// A lock file the baseline must match: a mismatch is an error (exit 2), not evidence against the candidate,
+    /// because a baseline that is not the pinned one makes every comparison meaningless.
+    pub baseline_lock: Option<PathBuf>,
     /// Progress bars on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
     /// Cap on generated tokens per case (a suite's own smaller setting wins).
@@ -107,6 +110,7 @@ impl ScanConfig {
             dtype: DType::F32,
             out: None,
             lock: None,
+            baseline_lock: None,
             progress: false,
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
             batch_size: DEFAULT_BATCH_SIZE,
@@ -168,6 +172,8 @@ pub enum ScanError {
     Audit(#[from] audit::AuditError),
     #[error("--lock: {0}")]
     Lock(Box<audit::LockError>),
+    #[error("--baseline-lock: {0}")]
+    BaselineLock(Box<audit::LockError>),
     #[error("{which} `{spec}`: {source}")]
     Load {
         which: &'static str,
@@ -289,6 +295,9 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
         cand_files = cand_files.with_adapter(a)?;
     }
     let base_files = ModelFiles::resolve(&cfg.baseline)?;
+    if let Some(p) = &cfg.baseline_lock {
+        audit::integrity::check_lock(&base_files, p).map_err(|e| ScanError::BaselineLock(Box::new(e)))?;
+    }
     let (vc, vb) = (vocab_size_of(&cand_files)?, vocab_size_of(&base_files)?);
     if vc != vb {
         return Err(ScanError::VocabularyMismatch(format!(
