@@ -211,3 +211,19 @@ fn scan_verifies_the_baseline_lock_before_anything_loads() {
     assert_eq!(snap.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&snap.stderr).contains("--baseline"), "{}", String::from_utf8_lossy(&snap.stderr));
 }
+
+#[test]
+fn zoo_build_verifies_its_base_before_loading_it() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base");
+    copy_model(&zoo("stories-base"), &base);
+    let other = d.path().join("other.lock");
+    lock(&zoo("stories-bd-word"), None, &other);
+    let out = d.path().join("zoo");
+    fails(
+        &["zoo", "build", "--out", s(&out), "--base", s(&base), "--lock", s(&other), "--quiet"],
+        &["--lock", "other.lock", "changed model.safetensors"],
+    );
+    assert!(!out.join("zoo.json").exists(), "nothing built from an unverified base");
+    fails(&["zoo", "build", "--out", s(&out), "--lock", s(&other), "--quiet"], &["--lock", "tiny base"]);
+}

@@ -21,6 +21,9 @@ pub struct BuildArgs {
     /// `tiny` (a llama trained from scratch on the generated corpus) or a model to fine-tune: HF folder, .gguf, hub id.
     #[arg(long, default_value = "tiny")]
     base: String,
+    /// A lock file (`trapdoor lock MODEL`) the `--base` model must match, checked before it is loaded.
+    #[arg(long, value_name = "FILE")]
+    lock: Option<PathBuf>,
     /// Seed of triggers, targets, data and initialisation.
     #[arg(long, default_value_t = zoo::DEFAULT_SEED)]
     seed: u64,
@@ -51,6 +54,10 @@ pub fn run(cmd: Command) -> anyhow::Result<Outcome> {
                 for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
                     std::env::set_var(var, n.to_string());
                 }
+            }
+            if let Some(lock) = &a.lock {
+                anyhow::ensure!(a.base != "tiny", "--lock: the tiny base is trained here, there is no file to pin");
+                super::lock::verify("--lock", &a.base, None, lock)?;
             }
             let base = if a.base == "tiny" { BaseChoice::Tiny } else { BaseChoice::Path(a.base.clone()) };
             let cfg = ZooConfig { out: a.out.clone(), base, seed: a.seed, progress: !a.quiet, threads: a.threads };
