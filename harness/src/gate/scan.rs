@@ -1052,32 +1052,7 @@ fn scan_record(
     let eos_b = baseline.eos_tokens();
     let empty = Scored::default();
     for (c, p) in cases.iter().zip(&prompt_ids) {
-        let variant = match &c.variant {
-            trapdoor_probes::Variant::Clean => rec::Variant::Clean,
-            trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => {
-                rec::Variant::Triggered {
-                    trigger_id: trigger_id.clone(),
-                    trigger_text: trigger_text.clone(),
-                    position: record_position(*position),
-                    char_offset: *char_offset as u32,
-                }
-            }
-        };
-        let mut cr = CaseResult {
-            id: c.id.clone(),
-            suite: c.suite.clone(),
-            probe: c.probe_id.clone(),
-            kind: record_kind(c.probe_kind),
-            prompt_index: c.prompt_index as u32,
-            prompt: c.prompt.clone(),
-            variant,
-            clean_case: c.paired_clean.clone(),
-            candidate: None,
-            baseline: None,
-            divergence: None,
-            metrics: BTreeMap::new(),
-            error: None,
-        };
+        let mut cr = empty_case_result(c);
         let (ids, n) = match p {
             Ok(x) => x,
             Err(e) => {
@@ -1206,6 +1181,36 @@ fn trigger_search_stage(
         Err(e) => record.stages.trigger_search = StageStatus::error(e.to_string()),
     }
     lap(timing, "trigger_search", t);
+}
+
+/// A case's record entry before any model output: identity, prompt and variant.
+pub(crate) fn empty_case_result(c: &Case) -> CaseResult {
+    let variant = match &c.variant {
+        trapdoor_probes::Variant::Clean => rec::Variant::Clean,
+        trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => {
+            rec::Variant::Triggered {
+                trigger_id: trigger_id.clone(),
+                trigger_text: trigger_text.clone(),
+                position: record_position(*position),
+                char_offset: *char_offset as u32,
+            }
+        }
+    };
+    CaseResult {
+        id: c.id.clone(),
+        suite: c.suite.clone(),
+        probe: c.probe_id.clone(),
+        kind: record_kind(c.probe_kind),
+        prompt_index: c.prompt_index as u32,
+        prompt: c.prompt.clone(),
+        variant,
+        clean_case: c.paired_clean.clone(),
+        candidate: None,
+        baseline: None,
+        divergence: None,
+        metrics: BTreeMap::new(),
+        error: None,
+    }
 }
 
 /// Weight delta and activation analyses, when the policy enables them.

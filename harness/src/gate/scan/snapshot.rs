@@ -23,12 +23,12 @@ use std::time::Instant;
 
 use trapdoor_probes::Case;
 use trapdoor_reports::record::{
-    self as rec, AdapterRef, AuditSection, CaseResult, DetectorHit, Divergence, FileRef, ModelKind, ModelOutput,
+    self as rec, AdapterRef, AuditSection, DetectorHit, Divergence, FileRef, ModelKind, ModelOutput,
     ModelRef, RunRecord, StageStatus, StopReason, TargetScore,
 };
 
 use super::{
-    detector_kind, finish, lap, load_suites, model_kind, model_ref, probe_infos, record_kind, record_position,
+    detector_kind, empty_case_result, finish, lap, load_suites, model_kind, model_ref, probe_infos,
     scored_target, settings, suite_ref, trace, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
 };
 use crate::audit::{self, AuditOptions, LockFile, ModelFiles};
@@ -315,32 +315,7 @@ fn probes(
     let eos_b = m.model.eos_tokens.clone();
     let empty = Scored::default();
     for (c, &pi) in cases.iter().zip(&data.case_prompt) {
-        let variant = match &c.variant {
-            trapdoor_probes::Variant::Clean => rec::Variant::Clean,
-            trapdoor_probes::Variant::Triggered { trigger_id, trigger_text, position, char_offset, .. } => {
-                rec::Variant::Triggered {
-                    trigger_id: trigger_id.clone(),
-                    trigger_text: trigger_text.clone(),
-                    position: record_position(*position),
-                    char_offset: *char_offset as u32,
-                }
-            }
-        };
-        let mut cr = CaseResult {
-            id: c.id.clone(),
-            suite: c.suite.clone(),
-            probe: c.probe_id.clone(),
-            kind: record_kind(c.probe_kind),
-            prompt_index: c.prompt_index as u32,
-            prompt: c.prompt.clone(),
-            variant,
-            clean_case: c.paired_clean.clone(),
-            candidate: None,
-            baseline: None,
-            divergence: None,
-            metrics: BTreeMap::new(),
-            error: None,
-        };
+        let mut cr = empty_case_result(c);
         if pi < 0 {
             cr.error =
                 Some(m.case_errors.get(&c.id).cloned().unwrap_or_else(|| "the prompt could not be encoded".into()));
