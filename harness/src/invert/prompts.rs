@@ -49,6 +49,8 @@ pub const DEFAULT_PROMPTS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Prompt {
     pub text: String,
+    /// Index of the text in the slice given to [`tokenize`] (empty prompts are skipped, so this is not the position).
+    pub source: usize,
     pub ids: Vec<u32>,
     /// Index of the first non-special token (a prefix trigger goes here, after BOS).
     pub start: usize,
@@ -114,6 +116,7 @@ pub fn tokenize(model: &Model, texts: &[String], rng: &mut ChaCha8Rng) -> Result
         };
         out.push(Prompt {
             text: text.clone(),
+            source: i,
             ids,
             start,
             inner,

