@@ -170,6 +170,6 @@ mod tests {
         assert!(p[0][0] < 1.5, "{p:?}");
         // B's target is measured from B's own centre.
         assert!((p[1][0] - 3.0 / scale).abs() < 1e-9, "{p:?}");
-        assert_eq!(indices_pooled(&[a.clone()]), vec![indices(&a)]);
+        assert_eq!(indices_pooled(std::slice::from_ref(&a)), vec![indices(&a)]);
     }
 }

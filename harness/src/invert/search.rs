@@ -393,8 +393,11 @@ fn says(text: &str, prefix: &str) -> bool {
     text.split_whitespace().collect::<Vec<_>>().join(" ").contains(prefix)
 }
 
-/// Greedy continuations of `seqs` on `model`: token ids and decoded text.
-fn greedy(model: &Model, seqs: &[Vec<u32>], max_new: usize) -> Result<Vec<(Vec<u32>, String)>, InvertError> {
+/// A greedy continuation: token ids and decoded text.
+type Continuation = (Vec<u32>, String);
+
+/// Greedy continuations of `seqs` on `model`.
+fn greedy(model: &Model, seqs: &[Vec<u32>], max_new: usize) -> Result<Vec<Continuation>, InvertError> {
     let cfg = GenerateConfig::greedy(max_new, model.eos_tokens());
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(super::score::chunk_rows(model.decoder()).min(64)) {
@@ -435,7 +438,7 @@ pub fn reread_target(
 ) -> Result<Option<Vec<u32>>, InvertError> {
     let seqs: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(trigger).chain(b).copied().collect()).collect();
     let outs = greedy(cand, &seqs, target_len + 4)?;
-    let pick = |keep: &dyn Fn(&(Vec<u32>, String)) -> bool| -> Vec<Vec<u32>> {
+    let pick = |keep: &dyn Fn(&Continuation) -> bool| -> Vec<Vec<u32>> {
         seqs.iter().zip(&outs).filter(|(_, o)| keep(o)).map(|(s, _)| s.clone()).collect()
     };
     let mut working = if prefix.is_empty() { Vec::new() } else { pick(&|(_, t)| says(t, prefix)) };
