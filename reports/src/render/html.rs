@@ -487,22 +487,20 @@ impl<'a> Page<'a> {
             o.push_str(
                 "<div class=\"side\"><div></div><div class=\"h\">candidate</div><div class=\"h\">baseline</div>\n",
             );
-            if let Some(clean) = c.clean_case.as_deref().and_then(|id| r.case(id)) {
+            // The same prompt without the trigger (when recorded), then the triggered case with the trigger marked.
+            let clean = c.clean_case.as_deref().and_then(|id| r.case(id));
+            let rows = clean
+                .map(|k| ("clean prompt", k, esc_cut(&k.prompt, MAX_TEXT_CHARS)))
+                .into_iter()
+                .chain([("with trigger", *c, prompt_with_trigger(c))]);
+            for (label, case, prompt) in rows {
                 let _ = writeln!(
                     o,
-                    "<div><div class=\"h\">clean prompt</div><pre>{}</pre></div><div>{}</div><div>{}</div>",
-                    esc_cut(&clean.prompt, MAX_TEXT_CHARS),
-                    output_html(clean.candidate.as_ref()),
-                    output_html(clean.baseline.as_ref())
+                    "<div><div class=\"h\">{label}</div><pre>{prompt}</pre></div><div>{}</div><div>{}</div>",
+                    output_html(case.candidate.as_ref()),
+                    output_html(case.baseline.as_ref())
                 );
             }
-            let _ = writeln!(
-                o,
-                "<div><div class=\"h\">with trigger</div><pre>{}</pre></div><div>{}</div><div>{}</div>",
-                prompt_with_trigger(c),
-                output_html(c.candidate.as_ref()),
-                output_html(c.baseline.as_ref())
-            );
             o.push_str("</div>\n");
             if let Some(d) = &c.divergence {
                 for (label, trace, out) in [

@@ -373,22 +373,16 @@ fn side_by_side(o: &mut String, r: &RunRecord, lim: Limits) {
         }
         let clean = c.clean_case.as_deref().and_then(|id| r.case(id));
         o.push_str("<table>\n<tr><th></th><th>candidate</th><th>baseline</th></tr>\n");
-        if let Some(clean) = clean {
+        // The same prompt without the trigger (when recorded), then the triggered case.
+        for (label, case) in clean.map(|k| ("clean prompt", k)).into_iter().chain([("with trigger", *c)]) {
             let _ = writeln!(
                 o,
-                "<tr><td>clean prompt:{}</td><td>{}</td><td>{}</td></tr>",
-                pre(&clean.prompt, lim.text_chars / 2),
-                output_cell(clean.candidate.as_ref(), lim.text_chars),
-                output_cell(clean.baseline.as_ref(), lim.text_chars)
+                "<tr><td>{label}:{}</td><td>{}</td><td>{}</td></tr>",
+                pre(&case.prompt, lim.text_chars / 2),
+                output_cell(case.candidate.as_ref(), lim.text_chars),
+                output_cell(case.baseline.as_ref(), lim.text_chars)
             );
         }
-        let _ = writeln!(
-            o,
-            "<tr><td>with trigger:{}</td><td>{}</td><td>{}</td></tr>",
-            pre(&c.prompt, lim.text_chars / 2),
-            output_cell(c.candidate.as_ref(), lim.text_chars),
-            output_cell(c.baseline.as_ref(), lim.text_chars)
-        );
         o.push_str("</table>\n\n");
     }
     showing(o, cases.len(), total, "triggered cases");
@@ -430,12 +424,7 @@ fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
         if w.identical {
             o.push_str("All compared weights are **bit-identical** to the baseline's: any behavioural difference comes from elsewhere (tokenizer, chat template, configuration).\n\n");
         }
-        for fl in &w.flags {
-            let _ = writeln!(o, "- ⚑ {} at {}: {}", md_code(&fl.id), md_message(&fl.location), md_message(&fl.message));
-        }
-        if !w.flags.is_empty() {
-            o.push('\n');
-        }
+        flags(o, &w.flags);
         heatmap(o, &w.rows, lim);
         if !w.moved_rows.is_empty() {
             o.push_str("Embedding rows that moved most:\n\n");
@@ -452,12 +441,7 @@ fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
         if let Some(s) = &a.summary {
             let _ = writeln!(o, "{}\n", md_message(s));
         }
-        for fl in &a.flags {
-            let _ = writeln!(o, "- ⚑ {} at {}: {}", md_code(&fl.id), md_message(&fl.location), md_message(&fl.message));
-        }
-        if !a.flags.is_empty() {
-            o.push('\n');
-        }
+        flags(o, &a.flags);
         if !a.layers.is_empty() {
             table_head(o, &LAYER_COLUMNS);
             for l in a.layers.iter().take(lim.layers) {
@@ -476,6 +460,17 @@ fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
             let _ = writeln!(o, "Input tokens that drive the divergence: {}.\n", toks.join(", "));
         }
     }
+}
+
+/// What the look inside flagged, one item a line.
+fn flags(o: &mut String, flags: &[InsideFlag]) {
+    if flags.is_empty() {
+        return;
+    }
+    for fl in flags {
+        let _ = writeln!(o, "- ⚑ {} at {}: {}", md_code(&fl.id), md_message(&fl.location), md_message(&fl.message));
+    }
+    o.push('\n');
 }
 
 /// Layer × module table of relative Frobenius norms (⚑ = flagged), then tensors outside the layers.
