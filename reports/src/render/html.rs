@@ -489,11 +489,9 @@ impl<'a> Page<'a> {
             );
             // The same prompt without the trigger (when recorded), then the triggered case with the trigger marked.
             let clean = c.clean_case.as_deref().and_then(|id| r.case(id));
-            let rows = clean
-                .map(|k| ("clean prompt", k, esc_cut(&k.prompt, MAX_TEXT_CHARS)))
-                .into_iter()
-                .chain([("with trigger", *c, prompt_with_trigger(c))]);
-            for (label, case, prompt) in rows {
+            let clean_row = clean.map(|k| ("clean prompt", k, esc_cut(&k.prompt, MAX_TEXT_CHARS)));
+            let triggered_row = ("with trigger", *c, prompt_with_trigger(c));
+            for (label, case, prompt) in clean_row.into_iter().chain([triggered_row]) {
                 let _ = writeln!(
                     o,
                     "<div><div class=\"h\">{label}</div><pre>{prompt}</pre></div><div>{}</div><div>{}</div>",

@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::record::*;
-use crate::render::interop::{adverse_reasons, fingerprint, pretty, suite_path, test_citations, uri_path};
 use crate::render::common::{num, pval};
+use crate::render::interop::{adverse_reasons, fingerprint, pretty, suite_path, test_citations, uri_path};
 use crate::text::{truncate_chars, visible};
 
 pub const SCHEMA_URI: &str = "https://json.schemastore.org/sarif-2.1.0.json";
