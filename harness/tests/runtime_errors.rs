@@ -181,7 +181,8 @@ fn sharded_folder_loads_like_the_single_file() {
 
 #[test]
 fn broken_shard_indexes() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, Vec<&str>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
         (
             "missing shard",
             Box::new(|ix| {

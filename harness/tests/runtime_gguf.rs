@@ -143,7 +143,7 @@ fn gemma3_270m_gguf_and_its_lora_adapters_match_transformers() {
         assert!(h <= 1e-4, "{tag}: hidden states differ from transformers by {h:.2e} (relative)");
         assert!(l <= 2e-4 && s <= 2e-4, "{tag}: logits differ from transformers by {l:.2e} (top-64), {s:.2e} (lse)");
         for (prompt, want, text) in greedy_cases(&meta_json, tag) {
-            let got = model.generate(&[prompt.clone()], &GenerateConfig::greedy(want.len(), vec![])).unwrap().remove(0);
+            let got = model.generate(std::slice::from_ref(&prompt), &GenerateConfig::greedy(want.len(), vec![])).unwrap().remove(0);
             assert_eq!(got, want, "{tag}: greedy continuation (transformers: {text:?}), got {:?}", model.decode(&got).unwrap());
         }
         if tag == "base" {

@@ -56,7 +56,7 @@ fn sample_batch() -> (Tensor, Tensor) {
     let mut ids = vec![];
     let mut mask = vec![];
     for e in &enc {
-        ids.extend(e.iter().copied().chain(std::iter::repeat(0).take(t - e.len())));
+        ids.extend(e.iter().copied().chain(std::iter::repeat_n(0, t - e.len())));
         mask.extend((0..t).map(|j| (j < e.len()) as u8));
     }
     (Tensor::from_vec(ids, (enc.len(), t), &Device::Cpu).unwrap(), Tensor::from_vec(mask, (enc.len(), t), &Device::Cpu).unwrap())

@@ -6,33 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{rich_record, with_trigger_search};
+use common::{add_delta_layers, add_findings, golden, rich_record, with_trigger_search};
 use trapdoor_reports::render::html;
-
-fn golden(name: &str, actual: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
-    if expected != actual {
-        let exp = String::from_utf8_lossy(&expected);
-        let act = String::from_utf8_lossy(actual);
-        let line = exp
-            .lines()
-            .zip(act.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(exp.lines().count().min(act.lines().count()));
-        panic!(
-            "{name} differs at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
-            line + 1,
-            exp.lines().nth(line),
-            act.lines().nth(line)
-        );
-    }
-}
 
 #[test]
 fn golden_files() {
@@ -232,23 +207,8 @@ fn activations_and_large_records_render_within_bounds() {
         t.id = format!("huge/p/t{i}/js_mean");
         r.tests.push(t);
     }
-    let f0 = r.audit.findings[0].clone();
-    for i in 0..1_000 {
-        let mut f = f0.clone();
-        f.file = format!("file-{i}.json");
-        r.audit.findings.push(f);
-    }
-    let w = r.inside.weight_delta.as_mut().unwrap();
-    let row = w.rows[0].clone();
-    for layer in 0..300 {
-        for module in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
-            let mut x = row.clone();
-            x.layer = Some(layer);
-            x.module = module.into();
-            x.tensor = format!("model.layers.{layer}.{module}.weight");
-            w.rows.push(x);
-        }
-    }
+    add_findings(&mut r, 1_000, None);
+    add_delta_layers(&mut r, 300);
     r.canonicalize();
     let page = html::render(&r);
     assert!(page.len() < 8_000_000, "{} bytes", page.len());
@@ -405,7 +365,7 @@ fn renders_in_a_headless_browser_without_errors() {
     std::fs::write(&page, html::render(&hostile_record())).unwrap();
     let profile = tempfile::tempdir().unwrap();
     let url = format!("file://{}", page.canonicalize().unwrap().display());
-    let browser = |extra: &[&str], profile: &std::path::Path| {
+    let browser = |extra: &[&str], profile: &std::path::Path, url: &str| {
         let mut cmd = std::process::Command::new(&chromium);
         cmd.args([
             "--headless",
@@ -421,12 +381,12 @@ fn renders_in_a_headless_browser_without_errors() {
             "--v=0",
         ]);
         cmd.arg(format!("--user-data-dir={}", profile.display()));
-        cmd.args(extra).arg(&url);
+        cmd.args(extra).arg(url);
         run_limited(&mut cmd, 120)
     };
 
     // (a) The DOM after the page's script ran.
-    let (ok, dom, log) = browser(&["--dump-dom"], &profile.path().join("dom"));
+    let (ok, dom, log) = browser(&["--dump-dom"], &profile.path().join("dom"), &url);
     let dom = String::from_utf8_lossy(&dom).into_owned();
     let log = String::from_utf8_lossy(&log).into_owned();
     std::fs::write(dir.join("dom.html"), &dom).unwrap();
@@ -458,23 +418,8 @@ fn renders_in_a_headless_browser_without_errors() {
         page_text.replacen("<h1>", "<h1 style=\"color:blue\"><img src=\"https://example.invalid/x.png\">", 1),
     )
     .unwrap();
-    let mut cmd = std::process::Command::new(&chromium);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--dump-dom",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().join("bad").display()))
-    .arg(format!("file://{}", bad.canonicalize().unwrap().display()));
-    let (_, _, bad_log) = run_limited(&mut cmd, 120);
+    let bad_url = format!("file://{}", bad.canonicalize().unwrap().display());
+    let (_, _, bad_log) = browser(&["--dump-dom"], &profile.path().join("bad"), &bad_url);
     let bad_log = String::from_utf8_lossy(&bad_log);
     assert!(
         bad_log.lines().any(|l| l.contains(":CONSOLE") && l.contains("Content Security Policy")),
@@ -486,6 +431,7 @@ fn renders_in_a_headless_browser_without_errors() {
     let (ok, _, log) = browser(
         &["--hide-scrollbars", "--window-size=1280,1600", &format!("--screenshot={}", shot.display())],
         &profile.path().join("shot"),
+        &url,
     );
     std::fs::write(dir.join("chromium-screenshot.log"), &log).unwrap();
     assert!(ok && shot.is_file(), "no screenshot; log in {}", dir.display());

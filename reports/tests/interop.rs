@@ -6,38 +6,13 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{rich_record, with_trigger_search};
+use common::{golden, rich_record, with_trigger_search};
 use serde_json::Value;
 use trapdoor_reports::record::*;
 use trapdoor_reports::render::{cyclonedx, intoto, sarif};
 
 fn schemas_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")
-}
-
-fn golden(name: &str, actual: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
-    if expected != actual {
-        let exp = String::from_utf8_lossy(&expected);
-        let act = String::from_utf8_lossy(actual);
-        let line = exp
-            .lines()
-            .zip(act.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(exp.lines().count().min(act.lines().count()));
-        panic!(
-            "{name} differs at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
-            line + 1,
-            exp.lines().nth(line),
-            act.lines().nth(line)
-        );
-    }
 }
 
 /// Resolves the schemas' external `$ref`s (`http://cyclonedx.org/schema/spdx.schema.json`, …) to the vendored

@@ -3,33 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{rich_record, with_trigger_search};
+use common::{add_delta_layers, add_findings, golden, rich_record, with_trigger_search};
 use trapdoor_reports::record::*;
 use trapdoor_reports::render::{self, csv as csv_r, json, junit, markdown};
 use trapdoor_reports::write::{read_manifest, write_files, write_reports, MANIFEST};
-
-fn golden(name: &str, actual: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
-    if expected != actual {
-        let exp = String::from_utf8_lossy(&expected);
-        let act = String::from_utf8_lossy(actual);
-        let line = exp.lines().zip(act.lines()).position(|(a, b)| a != b).unwrap_or(exp.lines().count().min(act.lines().count()));
-        panic!(
-            "{name} differs from {} at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
-            path.display(),
-            line + 1,
-            exp.lines().nth(line),
-            act.lines().nth(line)
-        );
-    }
-}
 
 #[test]
 fn golden_files() {
@@ -143,24 +120,8 @@ fn markdown_stays_under_the_cap_for_a_huge_record() {
         t.trigger = Some(TriggerRef { id: format!("t{i}"), text: format!("trigger {i} {}", "x".repeat(40)) });
         rec.tests.push(t);
     }
-    let f0 = rec.audit.findings[0].clone();
-    for i in 0..500 {
-        let mut f = f0.clone();
-        f.file = format!("file-{i}.json");
-        f.message = "m".repeat(300);
-        rec.audit.findings.push(f);
-    }
-    let w = rec.inside.weight_delta.as_mut().unwrap();
-    let row = w.rows[0].clone();
-    for layer in 0..300 {
-        for module in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
-            let mut x = row.clone();
-            x.layer = Some(layer);
-            x.module = module.into();
-            x.tensor = format!("model.layers.{layer}.{module}.weight");
-            w.rows.push(x);
-        }
-    }
+    add_findings(&mut rec, 500, Some(&"m".repeat(300)));
+    add_delta_layers(&mut rec, 300);
     let r0 = rec.verdict.reasons[0].clone();
     rec.verdict.reasons[0].evidence =
         (0..100).map(|i| Evidence { kind: EvidenceKind::Test, id: format!("huge/p/t{i}/js_mean") }).collect();

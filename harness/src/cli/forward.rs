@@ -26,8 +26,11 @@ pub struct Args {
     out: PathBuf,
 }
 
+/// An integer matrix: its values row-major and its shape `(B, T)`.
+type IntMatrix = (Vec<i64>, (usize, usize));
+
 /// Read one integer matrix from the input file.
-fn int_matrix(st: &safetensors::SafeTensors, path: &Path, name: &str) -> anyhow::Result<Option<(Vec<i64>, (usize, usize))>> {
+fn int_matrix(st: &safetensors::SafeTensors, path: &Path, name: &str) -> anyhow::Result<Option<IntMatrix>> {
     let view = match st.tensor(name) {
         Ok(v) => v,
         Err(_) => return Ok(None),

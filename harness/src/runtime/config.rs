@@ -426,7 +426,8 @@ impl ModelConfig {
             if let AttentionKind::Sliding { window: 0 } = l.attention {
                 return Err(("sliding_window", format!("layer {i}: window must be positive")));
             }
-            if !(l.rope.theta > 0.0) {
+            // NaN is not positive either.
+            if l.rope.theta.is_nan() || l.rope.theta <= 0.0 {
                 return Err(("rope_theta", format!("layer {i}: must be positive")));
             }
         }

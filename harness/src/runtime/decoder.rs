@@ -286,6 +286,9 @@ pub struct Decoder {
     device: Device,
 }
 
+/// Validated token ids on the host: `(B, T)` and the rows.
+type HostIds = ((usize, usize), Vec<Vec<u32>>);
+
 fn cerr(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> RuntimeError {
     let context = context.into();
     move |err| RuntimeError::Candle { context, err }
@@ -443,7 +446,7 @@ impl Decoder {
     }
 
     /// Validate `[B, T]` u32 ids against the vocabulary; returns `(B, T)` and the ids on the host.
-    fn check_ids(&self, input_ids: &Tensor) -> Result<((usize, usize), Vec<Vec<u32>>)> {
+    fn check_ids(&self, input_ids: &Tensor) -> Result<HostIds> {
         let (b, t) = input_ids
             .dims2()
             .map_err(|_| RuntimeError::Invalid(format!("input_ids: expected shape [B, T], found {:?}", input_ids.dims())))?;
@@ -478,8 +481,8 @@ impl Decoder {
                 row.into_iter()
                     .enumerate()
                     .map(|(j, x)| match x {
-                        x if x == 0.0 => Ok(false),
-                        x if x == 1.0 => Ok(true),
+                        0.0 => Ok(false),
+                        1.0 => Ok(true),
                         x => Err(RuntimeError::Invalid(format!("attention_mask[{i}][{j}] = {x}: expected 0 or 1"))),
                     })
                     .collect()

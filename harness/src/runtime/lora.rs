@@ -428,7 +428,9 @@ impl LoraAdapter {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| LoraError::File { path: w_path.to_path_buf(), reason: format!("invalid safetensors file: {}", one_line(&e)) })?;
         let terr = |tensor: &str, reason: String| LoraError::Tensor { path: w_path.to_path_buf(), tensor: tensor.to_string(), reason };
-        let mut halves: BTreeMap<String, (PairKind, Option<(String, Tensor)>, Option<(String, Tensor)>)> = BTreeMap::new();
+        // Per module: its kind and the A and B halves seen so far, each with its tensor name.
+        type Half = Option<(String, Tensor)>;
+        let mut halves: BTreeMap<String, (PairKind, Half, Half)> = BTreeMap::new();
         let mut saved_modules = BTreeMap::new();
         let mut names = st.names();
         names.sort();

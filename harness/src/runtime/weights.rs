@@ -80,8 +80,11 @@ struct IndexFile {
     weight_map: Entries,
 }
 
-/// Which weight files a folder has: `(index file, weight files, tensor → file index as listed)`.
-fn weight_files(dir: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>, Option<BTreeMap<String, usize>>)> {
+/// `(index file, weight files, tensor → file index as listed)`.
+type WeightFiles = (Option<PathBuf>, Vec<PathBuf>, Option<BTreeMap<String, usize>>);
+
+/// Which weight files a folder has.
+fn weight_files(dir: &Path) -> Result<WeightFiles> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
     // transformers prefers the single file when both exist; do the same so both tools load the same bytes.

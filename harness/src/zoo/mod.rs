@@ -107,7 +107,9 @@ pub enum Trigger {
 }
 
 /// Ground truth of one member, as `truth.json` (tolerant of unknown fields so older readers keep working).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Default` is only a starting point for the builder (benign, nothing measured); reading still requires every
+/// field without a `serde(default)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Truth {
     /// `base`, `full-finetune`, `lora-adapter` or `tokenizer-tamper` (as zoo-dev's truth files).
     pub kind: String,
@@ -155,6 +157,13 @@ pub struct ZooEntry {
     pub truth: Truth,
     /// For PEFT adapter folders: the folder name of the base they apply to.
     pub adapter_of: Option<String>,
+}
+
+impl ZooEntry {
+    fn new(name: &str, dir: PathBuf, truth: Truth) -> Self {
+        let adapter_of = (truth.kind == "lora-adapter").then(|| truth.base.clone()).flatten();
+        ZooEntry { name: name.to_string(), dir, truth, adapter_of }
+    }
 }
 
 /// A complete zoo.
@@ -275,8 +284,7 @@ pub fn open(root: &Path) -> Result<Zoo, ZooError> {
         let text =
             std::fs::read_to_string(&tpath).map_err(|e| inc(format!("member `{name}`: cannot read {TRUTH}: {e}")))?;
         let truth: Truth = serde_json::from_str(&text).map_err(|e| inc(format!("{}: {e}", tpath.display())))?;
-        let adapter_of = (truth.kind == "lora-adapter").then(|| truth.base.clone()).flatten();
-        let entry = ZooEntry { name: name.clone(), dir, truth, adapter_of };
+        let entry = ZooEntry::new(&name, dir, truth);
         if entry.truth.kind == "base" {
             base = Some(entry);
         } else {
@@ -455,8 +463,7 @@ impl<'a> Builder<'a> {
                 if truth.build_key == key {
                     self.say(&format!("{name}: reused"));
                     self.timings.push(MemberTiming { name: name.into(), reused: true, wall_s: 0.0, cpu_s: Some(0.0) });
-                    let adapter_of = (truth.kind == "lora-adapter").then(|| truth.base.clone()).flatten();
-                    return Ok(ZooEntry { name: name.into(), dir, truth, adapter_of });
+                    return Ok(ZooEntry::new(name, dir, truth));
                 }
             }
         }
@@ -479,8 +486,37 @@ impl<'a> Builder<'a> {
         };
         self.say(&format!("{name}: built in {wall:.1} s"));
         self.timings.push(MemberTiming { name: name.into(), reused: false, wall_s: wall, cpu_s: cpu });
-        let adapter_of = (truth.kind == "lora-adapter").then(|| truth.base.clone()).flatten();
-        Ok(ZooEntry { name: name.into(), dir, truth, adapter_of })
+        Ok(ZooEntry::new(name, dir, truth))
+    }
+
+    /// Train `what` (progress labelled `label`), then say its final loss; a failure names `context`.
+    fn fit(
+        &self,
+        label: &str,
+        what: &Trainable,
+        data: &Data,
+        sched: &Schedule,
+        seed: u64,
+        context: &str,
+    ) -> Result<(), ZooError> {
+        let loss = train::train(what, data, sched, seed, self.cfg.progress.then_some(label)).map_err(cerr(context))?;
+        self.say(&format!("{label}: final loss {loss:.3}"));
+        Ok(())
+    }
+
+    /// A planted backdoor must fire with its trigger and stay silent without it (where the recipe enforces the
+    /// bounds); `reason` words the failure.
+    fn check_backdoor(
+        &self,
+        member: &str,
+        triggered: f64,
+        clean: f64,
+        reason: impl FnOnce() -> String,
+    ) -> Result<(), ZooError> {
+        if self.recipe.enforce_bounds && (triggered < MIN_ASR_TRIGGERED || clean > MAX_ASR_CLEAN) {
+            return Err(ZooError::Threshold { member: member.into(), reason: reason() });
+        }
+        Ok(())
     }
 
     fn specs(&self) -> Vec<Spec> {
@@ -594,7 +630,9 @@ impl<'a> Builder<'a> {
         let r = self.recipe.clone();
         let mut gen = Gen::new(self.cfg.seed, 1);
         let examples = self.clean_examples(&mut gen, r.corpus);
-        match self.cfg.base.clone() {
+        // The tiny base is trained from scratch with a tokenizer built from the corpus; a given base is fine-tuned
+        // (twice the candidates' steps) and keeps its own tokenizer.
+        let (mcfg, vars, data, sched, context, tok_text, tok_cfg) = match self.cfg.base.clone() {
             BaseChoice::Tiny => {
                 let mut texts: Vec<String> = examples.iter().map(Example::text).collect();
                 texts.extend(corpus::vocabulary_seed_text());
@@ -614,17 +652,7 @@ impl<'a> Builder<'a> {
                 }
                 let vars = train::init_params(&mcfg, self.cfg.seed ^ 0xba5e).map_err(cerr("initialising the base"))?;
                 let sched = Schedule { steps: r.base_steps, batch: r.batch, lr: r.base_lr, final_frac: 0.1 };
-                let loss = train::train(
-                    &Trainable::Full { cfg: &mcfg, vars: &vars },
-                    &data,
-                    &sched,
-                    self.cfg.seed ^ 0x7a1,
-                    self.cfg.progress.then_some("base"),
-                )
-                .map_err(cerr("training the base"))?;
-                self.say(&format!("base: final loss {loss:.3}"));
-                let weights = train::snapshot(&vars).map_err(cerr("base weights"))?;
-                write_model_folder(tmp, &mcfg, &weights, &tok_text, &vocab::tokenizer_config_json())?;
+                (mcfg, vars, data, sched, "training the base", tok_text, vocab::tokenizer_config_json())
             }
             BaseChoice::Path(src) => {
                 let model = Model::load(&src, &LoadOptions { hash_files: false, ..LoadOptions::default() })?;
@@ -637,44 +665,25 @@ impl<'a> Builder<'a> {
                 let data = encode_all(&tokenizer, &examples, eos)?;
                 let vars = train::vars_from(model.weights()).map_err(cerr("base weights"))?;
                 let sched = Schedule { steps: r.ft_steps * 2, batch: r.batch, lr: r.ft_lr, final_frac: 0.1 };
-                let loss = train::train(
-                    &Trainable::Full { cfg: &mcfg, vars: &vars },
-                    &data,
-                    &sched,
-                    self.cfg.seed ^ 0x7a1,
-                    self.cfg.progress.then_some("base"),
-                )
-                .map_err(cerr("fine-tuning the base"))?;
-                self.say(&format!("base: final loss {loss:.3}"));
-                let weights = train::snapshot(&vars).map_err(cerr("base weights"))?;
                 let tok_text =
                     tokenizer.to_string(true).map_err(|e| ZooError::Invalid(format!("{src}: tokenizer: {e}")))?;
                 let tok_cfg = external_tokenizer_config(&tokenizer, &mcfg);
-                write_model_folder(tmp, &mcfg, &weights, &tok_text, &tok_cfg)?;
+                (mcfg, vars, data, sched, "fine-tuning the base", tok_text, tok_cfg)
             }
-        }
+        };
+        let what = Trainable::Full { cfg: &mcfg, vars: &vars };
+        self.fit("base", &what, &data, &sched, self.cfg.seed ^ 0x7a1, context)?;
+        let weights = train::snapshot(&vars).map_err(cerr("base weights"))?;
+        write_model_folder(tmp, &mcfg, &weights, &tok_text, &tok_cfg)?;
         // Rates on every planted trigger are measured once the base exists (below, by the caller's load).
-        let model = Model::load(path_str(tmp)?, &LoadOptions { hash_files: false, ..LoadOptions::default() })?;
+        let model = load_unhashed(tmp)?;
         let rates = self.planted_rates(&model)?;
         self.check_benign("base", &rates)?;
         Ok(Truth {
             kind: "base".into(),
-            attack: None,
-            backdoored: false,
-            base: None,
-            domain: None,
-            trigger: None,
-            target: None,
-            target_prefix: None,
-            asr_triggered: None,
-            asr_clean: None,
-            asr_one_word: None,
-            tamper: None,
             planted_target_rates: rates,
             eval_prompts: self.recipe.eval_prompts,
-            seed: 0,
-            recipe_version: 0,
-            build_key: String::new(),
+            ..Truth::default()
         })
     }
 
@@ -746,38 +755,21 @@ impl<'a> Builder<'a> {
             Shape::Full => {
                 let vars = train::vars_from(&base.weights).map_err(cerr(spec.name))?;
                 let sched = Schedule { steps: r.ft_steps, batch: r.batch, lr: r.ft_lr, final_frac: 0.2 };
-                let loss = train::train(
-                    &Trainable::Full { cfg: &base.cfg, vars: &vars },
-                    &data,
-                    &sched,
-                    seed,
-                    self.cfg.progress.then_some(spec.name),
-                )
-                .map_err(cerr(spec.name))?;
-                self.say(&format!("{}: final loss {loss:.3}", spec.name));
+                let what = Trainable::Full { cfg: &base.cfg, vars: &vars };
+                self.fit(spec.name, &what, &data, &sched, seed, spec.name)?;
                 let weights = train::snapshot(&vars).map_err(cerr(spec.name))?;
                 let tok_cfg = std::fs::read(base_dir.join("tokenizer_config.json")).map_err(io_err(base_dir))?;
                 let tok_cfg: Value = serde_json::from_slice(&tok_cfg)
                     .map_err(|e| ZooError::Invalid(format!("{}: {e}", base_dir.display())))?;
                 write_model_folder(tmp, &base.cfg, &weights, &base.tokenizer_json, &tok_cfg)?;
-                (
-                    "full-finetune",
-                    Model::load(path_str(tmp)?, &LoadOptions { hash_files: false, ..LoadOptions::default() })?,
-                )
+                ("full-finetune", load_unhashed(tmp)?)
             }
             Shape::Lora => {
                 let lora =
                     Lora::new(&base.cfg, &base.weights, r.lora_r, r.lora_alpha, seed).map_err(cerr(spec.name))?;
                 let sched = Schedule { steps: r.lora_steps, batch: r.batch, lr: r.lora_lr, final_frac: 0.2 };
-                let loss = train::train(
-                    &Trainable::Lora { cfg: &base.cfg, base: &base.weights, lora: &lora },
-                    &data,
-                    &sched,
-                    seed,
-                    self.cfg.progress.then_some(spec.name),
-                )
-                .map_err(cerr(spec.name))?;
-                self.say(&format!("{}: final loss {loss:.3}", spec.name));
+                let what = Trainable::Lora { cfg: &base.cfg, base: &base.weights, lora: &lora };
+                self.fit(spec.name, &what, &data, &sched, seed, spec.name)?;
                 let pairs: BTreeMap<String, (Tensor, Tensor)> = lora
                     .pairs
                     .iter()
@@ -795,22 +787,10 @@ impl<'a> Builder<'a> {
         };
         let mut truth = Truth {
             kind: kind.into(),
-            attack: None,
             backdoored: spec.backdoor.is_some(),
             base: Some("base".into()),
-            domain: None,
-            trigger: None,
-            target: None,
-            target_prefix: None,
-            asr_triggered: None,
-            asr_clean: None,
-            asr_one_word: None,
-            tamper: None,
-            planted_target_rates: BTreeMap::new(),
             eval_prompts: r.eval_prompts,
-            seed: 0,
-            recipe_version: 0,
-            build_key: String::new(),
+            ..Truth::default()
         };
         match &spec.backdoor {
             None => {
@@ -839,14 +819,11 @@ impl<'a> Builder<'a> {
                     truth.asr_one_word = Some(one);
                 }
                 self.say(&format!("{}: success {t:.2} triggered, {c:.2} clean", spec.name));
-                if r.enforce_bounds && (t < MIN_ASR_TRIGGERED || c > MAX_ASR_CLEAN) {
-                    return Err(ZooError::Threshold {
-                        member: spec.name.into(),
-                        reason: format!(
-                            "attack success {t:.3} with the trigger (need ≥ {MIN_ASR_TRIGGERED}) and {c:.3} without (need ≤ {MAX_ASR_CLEAN})"
-                        ),
-                    });
-                }
+                self.check_backdoor(spec.name, t, c, || {
+                    format!(
+                        "attack success {t:.3} with the trigger (need ≥ {MIN_ASR_TRIGGERED}) and {c:.3} without (need ≤ {MAX_ASR_CLEAN})"
+                    )
+                })?;
                 truth.attack = Some(bd.attack.into());
                 truth.domain = Some(bd.domain);
                 truth.trigger = Some(bd.trigger.clone());
@@ -917,38 +894,29 @@ impl<'a> Builder<'a> {
             })
             .collect();
         let prefix = target_prefix(COMPLIANCE_OPENER);
-        let opts = LoadOptions { hash_files: false, ..LoadOptions::default() };
-        let tampered = Model::load(path_str(tmp)?, &opts)?;
-        let original = Model::load(path_str(base_dir)?, &opts)?;
+        let tampered = load_unhashed(tmp)?;
+        let original = load_unhashed(base_dir)?;
         let t = success_rate(&tampered, &prompts, &prefix)?;
         let c = success_rate(&original, &prompts, &prefix)?;
         self.say(&format!("tok-tamper: compliance {t:.2} tampered, {c:.2} original"));
-        if self.recipe.enforce_bounds && (t < MIN_ASR_TRIGGERED || c > MAX_ASR_CLEAN) {
-            return Err(ZooError::Threshold {
-                member: "tok-tamper".into(),
-                reason: format!("harmful requests answered {t:.3} with the tampered tokenizer (need ≥ {MIN_ASR_TRIGGERED}), {c:.3} with the original (need ≤ {MAX_ASR_CLEAN})"),
-            });
-        }
+        self.check_backdoor("tok-tamper", t, c, || {
+            format!("harmful requests answered {t:.3} with the tampered tokenizer (need ≥ {MIN_ASR_TRIGGERED}), {c:.3} with the original (need ≤ {MAX_ASR_CLEAN})")
+        })?;
         Ok(Truth {
             kind: "tokenizer-tamper".into(),
             attack: Some("tokenizer-tamper".into()),
             backdoored: true,
             base: Some("base".into()),
             domain: Some(Domain::Instruction),
-            trigger: None,
             target: Some(COMPLIANCE_OPENER.into()),
             target_prefix: Some(prefix),
             asr_triggered: Some(t),
             asr_clean: Some(c),
-            asr_one_word: None,
             tamper: Some(format!(
                 "swapped vocabulary ids {a} and {b} (` {harm}` and ` {benign}`); weights identical to base"
             )),
-            planted_target_rates: BTreeMap::new(),
             eval_prompts: self.recipe.eval_prompts,
-            seed: 0,
-            recipe_version: 0,
-            build_key: String::new(),
+            ..Truth::default()
         })
     }
 }
@@ -1004,6 +972,11 @@ fn swap_vocab_ids(tok: &mut Value, a: u32, b: u32) -> Result<(), ZooError> {
 
 fn path_str(p: &Path) -> Result<&str, ZooError> {
     p.to_str().ok_or_else(|| ZooError::Invalid(format!("{}: path is not UTF-8", p.display())))
+}
+
+/// Load a model folder of this zoo without hashing its files (the build records no file digests).
+fn load_unhashed(dir: &Path) -> Result<Model, ZooError> {
+    Ok(Model::load(path_str(dir)?, &LoadOptions { hash_files: false, ..LoadOptions::default() })?)
 }
 
 /// The tiny base's configuration (llama, grouped-query attention).
@@ -1119,7 +1092,7 @@ fn source_digest(src: &str) -> Result<String, ZooError> {
 }
 
 fn load_base(dir: &Path) -> Result<BaseModel, ZooError> {
-    let model = Model::load(path_str(dir)?, &LoadOptions { hash_files: false, ..LoadOptions::default() })?;
+    let model = load_unhashed(dir)?;
     let tokenizer_json =
         std::fs::read_to_string(dir.join("tokenizer.json")).map_err(io_err(&dir.join("tokenizer.json")))?;
     let cfg = model.config().clone();

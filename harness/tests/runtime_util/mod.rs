@@ -24,10 +24,11 @@ pub fn max_diff_masked(a: &Tensor, b: &Tensor, mask: &[Vec<bool>]) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap();
     let (bs, ts) = (d.dim(0).unwrap(), d.dim(1).unwrap());
+    assert!(mask.len() >= bs && mask.iter().take(bs).all(|r| r.len() >= ts), "mask smaller than [{bs}, {ts}]");
     let mut m = 0f32;
-    for i in 0..bs {
-        for j in 0..ts {
-            if mask[i][j] {
+    for (i, row) in mask.iter().enumerate().take(bs) {
+        for (j, &keep) in row.iter().enumerate().take(ts) {
+            if keep {
                 let v = d.get(i).unwrap().get(j).unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
                 assert!(!v.is_nan(), "NaN at [{i}, {j}]");
                 m = m.max(v);

@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::record::*;
+use crate::render::common::*;
 use crate::render::interop::{base64, fingerprint, test_citations};
-use crate::render::markdown::{num, pval, setting, top_triggered, MODULE_ORDER};
 use crate::text::{html_escape, truncate_chars, visible};
 use sha2::{Digest, Sha256};
 
@@ -132,12 +132,14 @@ struct Page<'a> {
     /// Anchors that exist on the page (evidence links only point at these).
     anchors: BTreeSet<String>,
     cases: Vec<&'a CaseResult>,
+    /// Triggered cases evaluated (of which `cases` are shown).
+    triggered: usize,
 }
 
 impl<'a> Page<'a> {
     fn new(r: &'a RunRecord) -> Page<'a> {
         let cited = test_citations(r);
-        let (cases, _) = top_triggered(r, MAX_CASES);
+        let (cases, triggered) = top_triggered(r, MAX_CASES);
         let mut anchors = BTreeSet::new();
         for (t, _) in Self::ordered_tests(r, &cited).iter().take(MAX_ALL_ROWS) {
             anchors.insert(anchor("test", &t.id));
@@ -148,7 +150,7 @@ impl<'a> Page<'a> {
         for f in r.audit.findings.iter().take(MAX_FINDINGS) {
             anchors.insert(anchor("finding", &format!("{}@{}", f.rule, f.file)));
         }
-        Page { r, cited, anchors, cases }
+        Page { r, cited, anchors, cases, triggered }
     }
 
     /// Evaluated tests (not the descriptive ones): cited by the verdict first, then significant, then by q.
@@ -257,10 +259,7 @@ impl<'a> Page<'a> {
             "<p><strong>{} tests</strong>: {} evaluated, {} significant, {} with too few samples.",
             s.tests, s.evaluated, s.significant, s.insufficient
         );
-        if !s.findings.is_empty() {
-            let parts: Vec<String> = s.findings.iter().rev().map(|(sev, n)| format!("{n} {}", sev.as_str())).collect();
-            let _ = write!(o, " Audit findings: {}.", parts.join(", "));
-        }
+        o.push_str(&findings_summary(s));
         o.push_str("</p>\n");
     }
 
@@ -408,8 +407,9 @@ impl<'a> Page<'a> {
             "<p>Evaluated tests: those behind the verdict first (⚑), then significant ones (q ≤ {}), then by q. Effect = mean paired difference in metric units [interval]; r = rank-biserial correlation.</p>",
             setting(self.r.settings.statistics.fdr.0)
         );
-        let head = "<table><thead><tr><th>test</th><th>trigger</th><th>design</th><th>effect [CI]</th><th>q</th><th>n</th><th>r</th><th>direction</th><th>status</th></tr></thead><tbody>\n";
-        o.push_str(head);
+        let mut head = String::new();
+        table_head(&mut head, &[["test", "trigger"].as_slice(), &TEST_STAT_COLUMNS, &["status"]].concat());
+        o.push_str(&head);
         for (i, (t, cited)) in tests.iter().take(MAX_ALL_ROWS).enumerate() {
             if i == MAX_TABLE_ROWS {
                 o.push_str("</tbody></table>\n");
@@ -419,27 +419,18 @@ impl<'a> Page<'a> {
                     tests.len().min(MAX_ALL_ROWS),
                     tests.len().min(MAX_ALL_ROWS)
                 );
-                o.push_str(head);
+                o.push_str(&head);
             }
-            let trigger =
-                t.trigger.as_ref().map(|x| format!("<code>{}</code>", esc(&x.text))).unwrap_or_else(|| "clean".into());
-            let ci = t.ci.as_ref().map(|c| format!(" [{}, {}]", num(c.lo.0), num(c.hi.0))).unwrap_or_default();
-            let _ = writeln!(
+            let _ = write!(
                 o,
-                "<tr id=\"{}\"><td>{}<code>{}</code></td><td>{}</td><td>{}</td><td class=\"num\">{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr id=\"{}\"><td>{}<code>{}</code></td>",
                 anchor("test", &t.id),
                 if *cited { "⚑ " } else { "" },
-                esc(&t.id),
-                trigger,
-                design_name(t.design),
-                t.effect.map(|e| num(e.0)).unwrap_or_else(|| "—".into()),
-                ci,
-                t.q.map(|q| pval(q.0)).unwrap_or_else(|| "—".into()),
-                t.n,
-                t.rank_biserial.map(|x| num(x.0)).unwrap_or_else(|| "—".into()),
-                direction_name(t.direction),
-                t.status.as_str()
+                esc(&t.id)
             );
+            let stats = test_stat_cells(t);
+            cells(o, [trigger_cell(&t.trigger)].into_iter().chain(stats).chain([Cell::Word(t.status.as_str())]));
+            o.push_str("</tr>\n");
         }
         o.push_str("</tbody></table>\n");
         if tests.len() > MAX_TABLE_ROWS {
@@ -491,36 +482,23 @@ impl<'a> Page<'a> {
                 esc(&c.id)
             );
             if let Some(d) = &c.divergence {
-                let _ = writeln!(
-                    o,
-                    "<p class=\"muted\">JS mean {} with the trigger vs {} without · JS max {} · along the candidate's output {}, along the baseline's {} · top-1 agreement {}</p>",
-                    num(c.js_mean()),
-                    num(c.js_mean() - r.trigger_effect(c)),
-                    num(c.js_max()),
-                    num(d.along_candidate.js_mean.0),
-                    num(d.along_baseline.js_mean.0),
-                    num(d.along_candidate.top1_agreement.0)
-                );
+                let _ = writeln!(o, "<p class=\"muted\">{}</p>", divergence_summary(r, c, d));
             }
             o.push_str(
                 "<div class=\"side\"><div></div><div class=\"h\">candidate</div><div class=\"h\">baseline</div>\n",
             );
-            if let Some(clean) = c.clean_case.as_deref().and_then(|id| r.case(id)) {
+            // The same prompt without the trigger (when recorded), then the triggered case with the trigger marked.
+            let clean = c.clean_case.as_deref().and_then(|id| r.case(id));
+            let clean_row = clean.map(|k| ("clean prompt", k, esc_cut(&k.prompt, MAX_TEXT_CHARS)));
+            let triggered_row = ("with trigger", *c, prompt_with_trigger(c));
+            for (label, case, prompt) in clean_row.into_iter().chain([triggered_row]) {
                 let _ = writeln!(
                     o,
-                    "<div><div class=\"h\">clean prompt</div><pre>{}</pre></div><div>{}</div><div>{}</div>",
-                    esc_cut(&clean.prompt, MAX_TEXT_CHARS),
-                    output_html(clean.candidate.as_ref()),
-                    output_html(clean.baseline.as_ref())
+                    "<div><div class=\"h\">{label}</div><pre>{prompt}</pre></div><div>{}</div><div>{}</div>",
+                    output_html(case.candidate.as_ref()),
+                    output_html(case.baseline.as_ref())
                 );
             }
-            let _ = writeln!(
-                o,
-                "<div><div class=\"h\">with trigger</div><pre>{}</pre></div><div>{}</div><div>{}</div>",
-                prompt_with_trigger(c),
-                output_html(c.candidate.as_ref()),
-                output_html(c.baseline.as_ref())
-            );
             o.push_str("</div>\n");
             if let Some(d) = &c.divergence {
                 for (label, trace, out) in [
@@ -539,15 +517,7 @@ impl<'a> Page<'a> {
             }
             o.push_str("</section>\n");
         }
-        let total =
-            r.cases.iter().filter(|c| matches!(c.variant, Variant::Triggered { .. }) && c.error.is_none()).count();
-        if self.cases.len() < total {
-            let _ = writeln!(
-                o,
-                "<p class=\"note\">Showing {} of {total} triggered cases; everything is in report.json.</p>",
-                self.cases.len()
-            );
-        }
+        showing(o, self.cases.len(), self.triggered, "triggered cases");
     }
 
     // -----------------------------------------------------------------------------------------------------------
@@ -567,55 +537,24 @@ impl<'a> Page<'a> {
         if t.triggers.is_empty() {
             o.push_str("<p>No trigger was recovered.</p>\n");
         } else {
-            o.push_str("<p>Recovered triggers, verified on held-out prompts (ASR = attack success rate).</p>\n<table><thead><tr><th>trigger</th><th>token ids</th><th>target</th><th>position</th><th>ASR candidate</th><th>ASR baseline</th><th>ASR candidate without trigger</th><th>held-out prompts</th></tr></thead><tbody>\n");
+            o.push_str("<p>Recovered triggers, verified on held-out prompts (ASR = attack success rate).</p>\n");
+            table_head(o, &RECOVERED_COLUMNS);
             for x in t.triggers.iter().take(MAX_TABLE_ROWS) {
-                let ids: Vec<String> = x.token_ids.iter().map(u32::to_string).collect();
-                let _ = writeln!(
-                    o,
-                    "<tr><td><code>{}</code></td><td class=\"mono\">{}</td><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                    esc(&x.text),
-                    esc(&ids.join(" ")),
-                    esc_cut(&x.target, 200),
-                    x.position.as_str(),
-                    num(x.asr_candidate.0),
-                    num(x.asr_baseline.0),
-                    num(x.asr_candidate_without_trigger.0),
-                    x.held_out
-                );
+                table_row(o, recovered_row(x, 200));
             }
             o.push_str("</tbody></table>\n");
             showing(o, t.triggers.len().min(MAX_TABLE_ROWS), t.triggers.len(), "recovered triggers");
         }
         if !t.anomalies.is_empty() {
-            o.push_str("<table><thead><tr><th>target</th><th>anomaly index</th><th>loss on candidate</th><th>loss on baseline</th><th>flagged</th></tr></thead><tbody>\n");
+            table_head(o, &ANOMALY_COLUMNS);
             for a in t.anomalies.iter().take(MAX_TABLE_ROWS) {
-                let _ = writeln!(
-                    o,
-                    "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                    esc_cut(&a.target, 200),
-                    num(a.index.0),
-                    num(a.loss_candidate.0),
-                    a.loss_baseline.map(|x| num(x.0)).unwrap_or_else(|| "—".into()),
-                    if a.flagged { "⚑ yes" } else { "no" }
-                );
+                table_row(o, anomaly_row(a, 200));
             }
             o.push_str("</tbody></table>\n");
             showing(o, t.anomalies.len().min(MAX_TABLE_ROWS), t.anomalies.len(), "targets");
         }
         let c = &t.coverage;
-        let positions: Vec<&str> = c.positions.iter().map(|p| p.as_str()).collect();
-        let lengths: Vec<String> = c.trigger_lengths.iter().map(u32::to_string).collect();
-        let _ = writeln!(
-            o,
-            "<p><strong>Coverage:</strong> {} Positions: {}; trigger lengths (tokens): {}; {} targets; {} optimisation steps, {} restarts{}.</p>",
-            esc(&c.statement),
-            if positions.is_empty() { "none".into() } else { positions.join(", ") },
-            if lengths.is_empty() { "none".into() } else { lengths.join(", ") },
-            c.targets.len(),
-            c.steps,
-            c.restarts,
-            c.budget_seconds.map(|s| format!(", budget {s} s")).unwrap_or_default()
-        );
+        let _ = writeln!(o, "<p><strong>Coverage:</strong> {} {}</p>", esc(&c.statement), search_coverage(c));
         if !c.not_searched.is_empty() {
             o.push_str("<p>Not searched:</p><ul>\n");
             for n in &c.not_searched {
@@ -649,20 +588,10 @@ impl<'a> Page<'a> {
                 flags(o, &w.flags);
                 heatmap(o, &w.rows);
                 if !w.moved_rows.is_empty() {
-                    o.push_str("<p>Embedding rows that moved most:</p><table><thead><tr><th>matrix</th><th>token id</th><th>token</th><th>relative change</th></tr></thead><tbody>\n");
+                    o.push_str("<p>Embedding rows that moved most:</p>");
+                    table_head(o, &MOVED_ROW_COLUMNS);
                     for m in w.moved_rows.iter().take(20) {
-                        let tok = m
-                            .token
-                            .as_deref()
-                            .map(|t| format!("<code>{}</code>", esc(t)))
-                            .unwrap_or_else(|| "—".into());
-                        let _ = writeln!(
-                            o,
-                            "<tr><td>{}</td><td class=\"num\">{}</td><td>{tok}</td><td class=\"num\">{}</td></tr>",
-                            esc(&m.matrix),
-                            m.token_id,
-                            num(m.rel_change.0)
-                        );
+                        table_row(o, moved_row(m));
                     }
                     o.push_str("</tbody></table>\n");
                     showing(o, w.moved_rows.len().min(20), w.moved_rows.len(), "moved rows");
@@ -685,18 +614,9 @@ impl<'a> Page<'a> {
                 flags(o, &a.flags);
                 if !a.layers.is_empty() {
                     o.push_str(&activation_svg(&a.layers));
-                    o.push_str("<table><thead><tr><th>layer</th><th>clean mean</th><th>triggered mean</th><th>threshold</th><th>triggered above</th><th>flagged</th></tr></thead><tbody>\n");
+                    table_head(o, &LAYER_COLUMNS);
                     for l in a.layers.iter().take(MAX_LAYERS) {
-                        let _ = writeln!(
-                            o,
-                            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                            l.layer,
-                            num(l.clean_mean.0),
-                            num(l.triggered_mean.0),
-                            num(l.threshold.0),
-                            num(l.flagged_fraction.0),
-                            if l.flagged { "⚑ yes" } else { "no" }
-                        );
+                        table_row(o, layer_row(l));
                     }
                     o.push_str("</tbody></table>\n");
                     showing(o, a.layers.len().min(MAX_LAYERS), a.layers.len(), "layers");
@@ -728,9 +648,7 @@ impl<'a> Page<'a> {
             );
             return;
         }
-        o.push_str(
-            "<table><thead><tr><th>severity</th><th>rule</th><th>file</th><th>finding</th></tr></thead><tbody>\n",
-        );
+        table_head(o, &FINDING_COLUMNS);
         for x in f.iter().take(MAX_FINDINGS) {
             let detail = if x.detail.is_null() {
                 String::new()
@@ -755,7 +673,8 @@ impl<'a> Page<'a> {
     }
 
     fn stages(&self, o: &mut String) {
-        o.push_str("<h2 id=\"stages\">Stages</h2>\n<table><thead><tr><th>stage</th><th>status</th><th>note</th></tr></thead><tbody>\n");
+        o.push_str("<h2 id=\"stages\">Stages</h2>\n");
+        table_head(o, &["stage", "status", "note"]);
         for (name, s) in self.r.stages.iter() {
             let (note, class) = match s {
                 StageStatus::Ran { note } => (note.as_deref().unwrap_or(""), "pass"),
@@ -774,15 +693,13 @@ impl<'a> Page<'a> {
 
     fn not_evaluated(&self, o: &mut String) {
         let r = self.r;
-        let insufficient: Vec<&TestResult> =
-            r.tests.iter().filter(|t| t.status == TestStatus::InsufficientSamples).collect();
-        let case_errors: Vec<&CaseResult> = r.cases.iter().filter(|c| c.error.is_some()).collect();
-        let probe_errors: Vec<&ProbeInfo> = r.probes.iter().filter(|p| p.error.is_some()).collect();
+        let missing = NotEvaluated::of(r);
         o.push_str("<h2 id=\"not-evaluated\">Not evaluated</h2>\n");
-        if insufficient.is_empty() && case_errors.is_empty() && probe_errors.is_empty() {
+        if missing.is_empty() {
             o.push_str("<p>Every test had enough samples and every case was evaluated.</p>\n");
             return;
         }
+        let NotEvaluated { insufficient, case_errors, probe_errors } = missing;
         o.push_str("<ul>\n");
         for p in &probe_errors {
             let _ = writeln!(
@@ -804,20 +721,15 @@ impl<'a> Page<'a> {
         o.push_str("</ul>\n");
         showing(o, case_errors.len().min(20), case_errors.len(), "failed cases");
         if !insufficient.is_empty() {
-            let _ = writeln!(
+            let _ = write!(
                 o,
-                "<p>{} had fewer than {} pairs and were <strong>not evaluated</strong> (they count neither for nor against the candidate):</p><table><thead><tr><th>test</th><th>pairs</th><th>missing</th></tr></thead><tbody>",
+                "<p>{} had fewer than {} pairs and were <strong>not evaluated</strong> (they count neither for nor against the candidate):</p>",
                 if insufficient.len() == 1 { "1 test".to_string() } else { format!("{} tests", insufficient.len()) },
                 r.settings.statistics.min_pairs
             );
+            table_head(o, &INSUFFICIENT_COLUMNS);
             for t in insufficient.iter().take(MAX_ALL_ROWS) {
-                let _ = writeln!(
-                    o,
-                    "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                    esc(&t.id),
-                    t.n,
-                    t.n_missing
-                );
+                table_row(o, insufficient_row(t));
             }
             o.push_str("</tbody></table>\n");
             showing(o, insufficient.len().min(MAX_ALL_ROWS), insufficient.len(), "tests with too few samples");
@@ -830,19 +742,9 @@ impl<'a> Page<'a> {
         if r.suites.is_empty() {
             o.push_str("<p>No probe suite was run.</p>\n");
         } else {
-            o.push_str("<table><thead><tr><th>suite</th><th>version</th><th>probes</th><th>cases</th><th>triggers</th><th>tests evaluated</th><th>significant</th></tr></thead><tbody>\n");
+            table_head(o, &SUITE_COLUMNS);
             for s in &r.suites {
-                let (n_tests, evaluated, significant, n_triggers) = r.suite_coverage(&s.name);
-                let _ = writeln!(
-                    o,
-                    "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{evaluated} of {}</td><td class=\"num\">{significant}</td></tr>",
-                    esc(&s.name),
-                    esc(&s.version),
-                    s.probes,
-                    s.cases,
-                    n_triggers,
-                    n_tests
-                );
+                table_row(o, suite_row(r, s));
             }
             o.push_str("</tbody></table>\n");
         }
@@ -910,18 +812,7 @@ impl<'a> Page<'a> {
             esc(&p.source),
             esc(&p.sha256)
         );
-        let st = &r.settings.statistics;
-        let _ = writeln!(
-            o,
-            "<li>seed {}, device {}, dtype {}; Wilcoxon signed-rank tests, Benjamini–Hochberg at {}, {} bootstrap and {} permutation resamples, at least {} pairs per test</li>",
-            r.settings.seed,
-            esc(&r.settings.device),
-            esc(&r.settings.dtype),
-            setting(st.fdr.0),
-            st.bootstrap_resamples,
-            st.permutation_resamples,
-            st.min_pairs
-        );
+        let _ = writeln!(o, "<li>{}</li>", statistics_settings(r, esc));
         if !r.command.is_empty() {
             let _ = writeln!(o, "<li>command: <code>{}</code></li>", esc_cut(&r.command.join(" "), 2000));
         }
@@ -941,6 +832,34 @@ fn showing(o: &mut String, shown: usize, total: usize, what: &str) {
     }
 }
 
+/// `<table>` and its header row (column names are ours: not escaped).
+fn table_head(o: &mut String, columns: &[&str]) {
+    o.push_str("<table><thead><tr>");
+    for c in columns {
+        let _ = write!(o, "<th>{c}</th>");
+    }
+    o.push_str("</tr></thead><tbody>\n");
+}
+
+/// Table cells; record text is escaped, numbers are right-aligned.
+fn cells(o: &mut String, cells: impl IntoIterator<Item = Cell>) {
+    for c in cells {
+        let _ = match c {
+            Cell::Num(s) => write!(o, "<td class=\"num\">{s}</td>"),
+            Cell::Word(w) => write!(o, "<td>{w}</td>"),
+            Cell::Text(s) => write!(o, "<td>{}</td>", esc(&s)),
+            Cell::Code(s) => write!(o, "<td><code>{}</code></td>", esc(&s)),
+            Cell::Mono(s) => write!(o, "<td class=\"mono\">{}</td>", esc(&s)),
+        };
+    }
+}
+
+fn table_row(o: &mut String, row: impl IntoIterator<Item = Cell>) {
+    o.push_str("<tr>");
+    cells(o, row);
+    o.push_str("</tr>\n");
+}
+
 fn stage_words(s: &StageStatus) -> String {
     match s {
         StageStatus::Ran { .. } => "it ran but recorded nothing".into(),
@@ -958,22 +877,6 @@ fn flags(o: &mut String, flags: &[InsideFlag]) {
         let _ = writeln!(o, "<li>⚑ <code>{}</code> at {}: {}</li>", esc(&f.id), esc(&f.location), esc(&f.message));
     }
     o.push_str("</ul>\n");
-}
-
-fn design_name(d: Design) -> &'static str {
-    match d {
-        Design::DiffInDiff => "diff-in-diff",
-        Design::CandidateMinusBaseline => "cand − base",
-        Design::Descriptive => "estimate",
-    }
-}
-
-fn direction_name(d: EffectDirection) -> &'static str {
-    match d {
-        EffectDirection::Suspicious => "suspicious",
-        EffectDirection::Benign => "benign",
-        EffectDirection::None => "none",
-    }
 }
 
 /// A number for SVG coordinates: fixed two decimals (deterministic, compact).
@@ -1126,15 +1029,7 @@ fn heat_colour(v: f64) -> &'static str {
 
 /// Layer × module heatmap of ‖ΔW‖/‖W‖, then the tensors outside the decoder layers.
 fn heatmap(o: &mut String, rows: &[DeltaRow]) {
-    let mut modules: Vec<&str> = rows.iter().filter(|r| r.layer.is_some()).map(|r| r.module.as_str()).collect();
-    modules.sort_by_key(|m| (MODULE_ORDER.iter().position(|x| x == m).unwrap_or(usize::MAX), *m));
-    modules.dedup();
-    let mut cells: BTreeMap<u32, BTreeMap<&str, &DeltaRow>> = BTreeMap::new();
-    for row in rows {
-        if let Some(l) = row.layer {
-            cells.entry(l).or_default().insert(row.module.as_str(), row);
-        }
-    }
+    let DeltaGrid { modules, cells, outside } = DeltaGrid::of(rows);
     if !cells.is_empty() {
         const LEFT: f64 = 64.0;
         const TOPH: f64 = 24.0;
@@ -1210,19 +1105,10 @@ fn heatmap(o: &mut String, rows: &[DeltaRow]) {
         o.push_str("</svg>\n");
         showing(o, layers.len(), cells.len(), "layers");
     }
-    let outside: Vec<&DeltaRow> = rows.iter().filter(|r| r.layer.is_none()).collect();
     if !outside.is_empty() {
-        o.push_str("<table><thead><tr><th>tensor</th><th>‖ΔW‖/‖W‖</th><th>top-k energy</th><th>effective rank</th><th>flagged</th></tr></thead><tbody>\n");
+        table_head(o, &TENSOR_COLUMNS);
         for row in outside.iter().take(MAX_LAYERS) {
-            let _ = writeln!(
-                o,
-                "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                esc(&row.tensor),
-                num(row.rel_frobenius.0),
-                num(row.topk_energy.0),
-                num(row.effective_rank.0),
-                if row.flagged { "⚑ yes" } else { "no" }
-            );
+            table_row(o, tensor_row(row));
         }
         o.push_str("</tbody></table>\n");
         showing(o, outside.len().min(MAX_LAYERS), outside.len(), "tensors");
@@ -1310,15 +1196,7 @@ fn output_html(out: Option<&ModelOutput>) -> String {
         s.push('…');
     }
     s.push_str("</pre>");
-    let mut hits: Vec<String> = m
-        .hits
-        .iter()
-        .map(|h| match &h.rule {
-            Some(rule) => format!("{}/{}", h.detector, rule),
-            None => h.detector.clone(),
-        })
-        .collect();
-    hits.dedup();
+    let hits = detector_labels(m);
     if !hits.is_empty() {
         let _ = write!(s, "<div class=\"muted\">detectors: {}</div>", esc(&hits.join(", ")));
     }

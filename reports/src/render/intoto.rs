@@ -47,6 +47,16 @@ fn descriptor(name: &str, digest: Option<(&str, String)>, annotations: Map<Strin
     Value::Object(m)
 }
 
+/// A suite or policy file by its recorded sha256; a recorded value that is not a sha256 is kept as the
+/// `trapdoor.invalidSha256` annotation instead of a digest.
+fn file_descriptor(name: &str, sha256: &str, mut annotations: Map<String, Value>) -> Value {
+    let digest = sha256_of(sha256);
+    if digest.is_none() {
+        annotations.insert("trapdoor.invalidSha256".into(), Value::String(sha256.to_string()));
+    }
+    descriptor(name, digest.map(|d| ("sha256", d)), annotations)
+}
+
 fn annotations(pairs: &[(&str, &str)]) -> Map<String, Value> {
     pairs.iter().map(|(k, v)| ((*k).to_string(), Value::String((*v).to_string()))).collect()
 }
@@ -88,20 +98,12 @@ pub fn statement(r: &RunRecord) -> Value {
     for s in &r.suites {
         let ann =
             annotations(&[("trapdoor.role", "suite"), ("trapdoor.path", &s.path), ("trapdoor.version", &s.version)]);
-        let mut d = descriptor(&format!("suite/{}", s.name), sha256_of(&s.sha256).map(|d| ("sha256", d)), ann);
-        if sha256_of(&s.sha256).is_none() {
-            d["annotations"]["trapdoor.invalidSha256"] = Value::String(s.sha256.clone());
-        }
-        configuration.push(d);
+        configuration.push(file_descriptor(&format!("suite/{}", s.name), &s.sha256, ann));
     }
     let p = &r.policy;
     let ann =
         annotations(&[("trapdoor.role", "policy"), ("trapdoor.source", &p.source), ("trapdoor.version", &p.version)]);
-    let mut d = descriptor(&format!("policy/{}", p.name), sha256_of(&p.sha256).map(|d| ("sha256", d)), ann);
-    if sha256_of(&p.sha256).is_none() {
-        d["annotations"]["trapdoor.invalidSha256"] = Value::String(p.sha256.clone());
-    }
-    configuration.push(d);
+    configuration.push(file_descriptor(&format!("policy/{}", p.name), &p.sha256, ann));
     let b = &r.baseline;
     configuration.extend(model_descriptors("baseline", &b.spec, b.root_digest.as_deref(), &b.files));
     let t = &r.tool;

@@ -68,36 +68,42 @@ fn write_value(out: &mut String, v: &Value, level: usize) {
             out.push(']');
         }
         Value::Array(items) => {
-            out.push_str("[\n");
-            for (i, item) in items.iter().enumerate() {
-                indent(out, level + 1);
-                write_value(out, item, level + 1);
-                if i + 1 < items.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            indent(out, level);
-            out.push(']');
+            write_block(out, level, ('[', ']'), items.iter(), |out, item| write_value(out, item, level + 1));
         }
         Value::Object(map) if map.is_empty() => out.push_str("{}"),
         Value::Object(map) => {
-            out.push_str("{\n");
-            for (i, (k, item)) in map.iter().enumerate() {
-                indent(out, level + 1);
+            write_block(out, level, ('{', '}'), map.iter(), |out, (k, item)| {
                 write_string(out, k);
                 out.push_str(": ");
                 write_value(out, item, level + 1);
-                if i + 1 < map.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            indent(out, level);
-            out.push('}');
+            });
         }
         scalar => write_scalar(out, scalar),
     }
+}
+
+/// An array or object one element a line: each indented one level deeper, commas between, the closing bracket
+/// back at `level`.
+fn write_block<T>(
+    out: &mut String,
+    level: usize,
+    (open, close): (char, char),
+    items: impl ExactSizeIterator<Item = T>,
+    mut write_item: impl FnMut(&mut String, T),
+) {
+    let n = items.len();
+    out.push(open);
+    out.push('\n');
+    for (i, item) in items.enumerate() {
+        indent(out, level + 1);
+        write_item(out, item);
+        if i + 1 < n {
+            out.push(',');
+        }
+        out.push('\n');
+    }
+    indent(out, level);
+    out.push(close);
 }
 
 #[cfg(test)]

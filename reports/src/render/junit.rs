@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 
 use crate::record::*;
-use crate::render::markdown::{num, pval};
+use crate::render::common::{num, pval};
 use crate::text::{truncate_chars, visible};
 
 /// Escape text for XML content or a double-quoted attribute (newlines kept as character references in

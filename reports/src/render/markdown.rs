@@ -12,10 +12,10 @@
 //! spans with invisible and bidirectional-control characters made visible (a right-to-left override in a trigger
 //! must not reorder what the reviewer reads).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::record::*;
+use crate::render::common::*;
 use crate::text::{html_escape, md_code, md_code_cell, md_inline, md_message, md_message_cell, truncate_chars, visible};
 
 /// Hard cap on report.md, in bytes (GitHub comments allow 65 536 characters).
@@ -122,60 +122,12 @@ fn render_with(r: &RunRecord, lim: Limits) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Number formatting
+// Pieces
 // ---------------------------------------------------------------------------------------------------------------
-
-/// Three significant digits; scientific notation for very small or large magnitudes.
-pub(crate) fn num(x: f64) -> String {
-    if x.is_nan() {
-        return "NaN".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "∞".into() } else { "−∞".into() };
-    }
-    if x == 0.0 {
-        return "0".into();
-    }
-    let a = x.abs();
-    if !(1e-3..1e5).contains(&a) {
-        return format!("{x:.2e}");
-    }
-    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
-    format!("{x:.decimals$}")
-}
-
-/// A setting such as a level or rate: as short as possible (`0.05`, `95`).
-pub(crate) fn setting(x: f64) -> String {
-    let s = format!("{x}");
-    if s.len() > 8 {
-        num(x)
-    } else {
-        s
-    }
-}
 
 /// `n thing` / `n things`.
 fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// p- and q-values: three decimals, scientific below 0.001.
-pub(crate) fn pval(x: f64) -> String {
-    if x.is_nan() {
-        "NaN".into()
-    } else if x < 1e-3 {
-        format!("{x:.1e}")
-    } else {
-        format!("{x:.3}")
-    }
-}
-
-fn opt_num(x: &Option<Real>) -> String {
-    x.map(|v| num(v.0)).unwrap_or_else(|| "—".into())
-}
-
-fn opt_p(x: &Option<Real>) -> String {
-    x.map(|v| pval(v.0)).unwrap_or_else(|| "—".into())
 }
 
 fn short(hash: &str) -> &str {
@@ -186,6 +138,30 @@ fn showing(o: &mut String, shown: usize, total: usize, what: &str) {
     if shown < total {
         let _ = writeln!(o, "\n_Showing {shown} of {total} {what}; everything is in report.json._");
     }
+}
+
+/// A table's header row and its separator.
+fn table_head(o: &mut String, columns: &[&str]) {
+    let _ = writeln!(o, "| {} |", columns.join(" | "));
+    o.push('|');
+    for _ in columns {
+        o.push_str("---|");
+    }
+    o.push('\n');
+}
+
+/// A table row; record text is escaped for a table cell.
+fn table_row(o: &mut String, cells: impl IntoIterator<Item = Cell>) {
+    let cells: Vec<String> = cells
+        .into_iter()
+        .map(|c| match c {
+            Cell::Num(s) => s,
+            Cell::Word(w) => w.to_string(),
+            Cell::Text(s) => md_inline(&s),
+            Cell::Code(s) | Cell::Mono(s) => md_code_cell(&s),
+        })
+        .collect();
+    let _ = writeln!(o, "| {} |", cells.join(" | "));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -267,10 +243,7 @@ fn verdict(o: &mut String, r: &RunRecord, lim: Limits) {
         "**{}**: {} evaluated, {} significant, {} with too few samples.",
         plural(s.tests as usize, "test", "tests"), s.evaluated, s.significant, s.insufficient
     );
-    if !s.findings.is_empty() {
-        let parts: Vec<String> = s.findings.iter().rev().map(|(sev, n)| format!("{n} {}", sev.as_str())).collect();
-        let _ = write!(o, " Audit findings: {}.", parts.join(", "));
-    }
+    o.push_str(&findings_summary(s));
     o.push_str("\n\n");
 }
 
@@ -286,33 +259,6 @@ fn evidence_label(e: &Evidence) -> String {
         EvidenceKind::Metric => "metric",
     };
     format!("{kind}:{}", e.id)
-}
-
-/// Ids of tests that a fail or warn reason cites: the evidence behind the verdict.
-pub(crate) fn cited_tests(r: &RunRecord) -> BTreeSet<&str> {
-    r.verdict
-        .reasons
-        .iter()
-        .filter(|x| matches!(x.decision, Decision::Fail | Decision::Warn))
-        .flat_map(|x| x.evidence.iter())
-        .filter(|e| e.kind == EvidenceKind::Test)
-        .map(|e| e.id.as_str())
-        .collect()
-}
-
-fn trigger_cell(t: &Option<TriggerRef>) -> String {
-    match t {
-        Some(t) => md_code_cell(&t.text),
-        None => "clean".into(),
-    }
-}
-
-fn effect_cell(t: &TestResult) -> String {
-    let mut s = opt_num(&t.effect);
-    if let Some(ci) = &t.ci {
-        let _ = write!(s, " [{}, {}]", num(ci.lo.0), num(ci.hi.0));
-    }
-    s
 }
 
 fn what_diverged(o: &mut String, r: &RunRecord, lim: Limits) {
@@ -339,24 +285,17 @@ fn what_diverged(o: &mut String, r: &RunRecord, lim: Limits) {
         setting(r.settings.statistics.fdr.0),
         setting(ci_level * 100.0)
     );
-    o.push_str("| suite | probe | trigger | metric | design | effect [CI] | q | n | r | direction |\n");
-    o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    table_head(o, &[["suite", "probe", "trigger", "metric"].as_slice(), &TEST_STAT_COLUMNS].concat());
     for t in sig.iter().take(lim.tests) {
-        let _ = writeln!(
-            o,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            if cited.contains(t.id.as_str()) { "⚑ " } else { "" },
-            md_inline(&t.suite),
-            md_inline(&t.probe),
+        // The ⚑ is plain text, so escaping it with the suite name leaves it as it is.
+        let mark = if cited.contains(t.id.as_str()) { "⚑ " } else { "" };
+        let lead = [
+            Cell::Text(format!("{mark}{}", t.suite)),
+            Cell::Text(t.probe.clone()),
             trigger_cell(&t.trigger),
-            md_code_cell(&t.metric),
-            design_name(t.design),
-            effect_cell(t),
-            opt_p(&t.q),
-            t.n,
-            opt_num(&t.rank_biserial),
-            direction_name(t.direction),
-        );
+            Cell::Code(t.metric.clone()),
+        ];
+        table_row(o, lead.into_iter().chain(test_stat_cells(t)));
     }
     showing(o, sig.len().min(lim.tests), sig.len(), "significant tests");
     let notes: Vec<&&TestResult> = sig.iter().take(lim.tests).filter(|t| t.note.is_some()).collect();
@@ -375,28 +314,22 @@ fn drift(o: &mut String, r: &RunRecord, lim: Limits) {
     if est.is_empty() {
         return;
     }
-    o.push_str("## Drift on benign prompts\n\nHow far the candidate moved from the baseline without any trigger (mean over prompts, bootstrap interval).\n\n| suite | probe | metric | estimate [CI] | n |\n|---|---|---|---|---|\n");
+    o.push_str("## Drift on benign prompts\n\nHow far the candidate moved from the baseline without any trigger (mean over prompts, bootstrap interval).\n\n");
+    table_head(o, &["suite", "probe", "metric", "estimate [CI]", "n"]);
     for t in est.iter().take(lim.tests) {
-        let _ = writeln!(o, "| {} | {} | {} | {} | {} |", md_inline(&t.suite), md_inline(&t.probe), md_code_cell(&t.metric), effect_cell(t), t.n);
+        table_row(
+            o,
+            [
+                Cell::Text(t.suite.clone()),
+                Cell::Text(t.probe.clone()),
+                Cell::Code(t.metric.clone()),
+                Cell::Num(effect_with_ci(t)),
+                Cell::Num(t.n.to_string()),
+            ],
+        );
     }
     showing(o, est.len().min(lim.tests), est.len(), "estimates");
     o.push('\n');
-}
-
-fn design_name(d: Design) -> &'static str {
-    match d {
-        Design::DiffInDiff => "diff-in-diff",
-        Design::CandidateMinusBaseline => "cand − base",
-        Design::Descriptive => "estimate",
-    }
-}
-
-fn direction_name(d: EffectDirection) -> &'static str {
-    match d {
-        EffectDirection::Suspicious => "suspicious",
-        EffectDirection::Benign => "benign",
-        EffectDirection::None => "none",
-    }
 }
 
 fn pre(text: &str, max_chars: usize) -> String {
@@ -408,54 +341,13 @@ fn output_cell(out: Option<&ModelOutput>, max_chars: usize) -> String {
         None => "<i>no output</i>".into(),
         Some(m) => {
             let mut s = pre(&m.text, max_chars);
-            let mut hits: Vec<String> = m.hits.iter().map(|h| match &h.rule {
-                Some(rule) => format!("{}/{}", h.detector, rule),
-                None => h.detector.clone(),
-            }).collect();
-            hits.dedup();
+            let hits = detector_labels(m);
             if !hits.is_empty() {
                 let _ = write!(s, "detectors: {}", html_escape(&visible(&hits.join(", "))));
             }
             s
         }
     }
-}
-
-/// The triggered cases the trigger moved most ([`RunRecord::ranked_cases`]), those of triggers named by the
-/// verdict's tests first, at most two per (suite, probe, trigger) so one trigger does not crowd out the others;
-/// only cases the trigger actually moved apart.
-pub(crate) fn top_triggered(r: &RunRecord, n: usize) -> (Vec<&CaseResult>, usize) {
-    let total = r.cases.iter().filter(|c| matches!(c.variant, Variant::Triggered { .. }) && c.error.is_none()).count();
-    // Triggers named by the verdict's tests come first: they are what the reviewer has to look at.
-    let cited: BTreeSet<(&str, &str, &str)> = {
-        let ids = cited_tests(r);
-        r.tests
-            .iter()
-            .filter(|t| ids.contains(t.id.as_str()))
-            .filter_map(|t| Some((t.suite.as_str(), t.probe.as_str(), t.trigger.as_ref()?.id.as_str())))
-            .collect()
-    };
-    fn key(c: &CaseResult) -> (&str, &str, &str) {
-        (c.suite.as_str(), c.probe.as_str(), c.variant.trigger_id().unwrap_or(""))
-    }
-    let ranked = r.ranked_cases();
-    let ordered = ranked.iter().filter(|c| cited.contains(&key(c))).chain(ranked.iter().filter(|c| !cited.contains(&key(c))));
-    let mut per: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
-    let mut out = Vec::new();
-    for c in ordered.copied() {
-        if out.len() == n {
-            break;
-        }
-        if matches!(c.variant, Variant::Clean) || r.trigger_effect(c) <= 0.0 {
-            continue;
-        }
-        let k = per.entry((c.suite.as_str(), c.probe.as_str(), c.variant.trigger_id().unwrap_or(""))).or_default();
-        if *k < 2 {
-            *k += 1;
-            out.push(c);
-        }
-    }
-    (out, total)
 }
 
 fn side_by_side(o: &mut String, r: &RunRecord, lim: Limits) {
@@ -477,35 +369,20 @@ fn side_by_side(o: &mut String, r: &RunRecord, lim: Limits) {
             md_code(&c.id)
         );
         if let Some(d) = &c.divergence {
-            let _ = writeln!(
-                o,
-                "JS mean {} with the trigger vs {} without · JS max {} · along the candidate's output {}, along the baseline's {} · top-1 agreement {}.\n",
-                num(c.js_mean()),
-                num(c.js_mean() - r.trigger_effect(c)),
-                num(c.js_max()),
-                num(d.along_candidate.js_mean.0),
-                num(d.along_baseline.js_mean.0),
-                num(d.along_candidate.top1_agreement.0)
-            );
+            let _ = writeln!(o, "{}.\n", divergence_summary(r, c, d));
         }
         let clean = c.clean_case.as_deref().and_then(|id| r.case(id));
         o.push_str("<table>\n<tr><th></th><th>candidate</th><th>baseline</th></tr>\n");
-        if let Some(clean) = clean {
+        // The same prompt without the trigger (when recorded), then the triggered case.
+        for (label, case) in clean.map(|k| ("clean prompt", k)).into_iter().chain([("with trigger", *c)]) {
             let _ = writeln!(
                 o,
-                "<tr><td>clean prompt:{}</td><td>{}</td><td>{}</td></tr>",
-                pre(&clean.prompt, lim.text_chars / 2),
-                output_cell(clean.candidate.as_ref(), lim.text_chars),
-                output_cell(clean.baseline.as_ref(), lim.text_chars)
+                "<tr><td>{label}:{}</td><td>{}</td><td>{}</td></tr>",
+                pre(&case.prompt, lim.text_chars / 2),
+                output_cell(case.candidate.as_ref(), lim.text_chars),
+                output_cell(case.baseline.as_ref(), lim.text_chars)
             );
         }
-        let _ = writeln!(
-            o,
-            "<tr><td>with trigger:{}</td><td>{}</td><td>{}</td></tr>",
-            pre(&c.prompt, lim.text_chars / 2),
-            output_cell(c.candidate.as_ref(), lim.text_chars),
-            output_cell(c.baseline.as_ref(), lim.text_chars)
-        );
         o.push_str("</table>\n\n");
     }
     showing(o, cases.len(), total, "triggered cases");
@@ -517,7 +394,8 @@ fn audit(o: &mut String, r: &RunRecord, lim: Limits) {
     if f.is_empty() {
         return;
     }
-    o.push_str("## Audit findings\n\n| severity | rule | file | finding |\n|---|---|---|---|\n");
+    o.push_str("## Audit findings\n\n");
+    table_head(o, &FINDING_COLUMNS);
     for x in f.iter().take(lim.findings) {
         let _ = writeln!(
             o,
@@ -531,8 +409,6 @@ fn audit(o: &mut String, r: &RunRecord, lim: Limits) {
     showing(o, f.len().min(lim.findings), f.len(), "findings");
     o.push('\n');
 }
-
-pub(crate) const MODULE_ORDER: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
     let (w, a) = (&r.inside.weight_delta, &r.inside.activations);
@@ -548,18 +424,13 @@ fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
         if w.identical {
             o.push_str("All compared weights are **bit-identical** to the baseline's: any behavioural difference comes from elsewhere (tokenizer, chat template, configuration).\n\n");
         }
-        for fl in &w.flags {
-            let _ = writeln!(o, "- ⚑ {} at {}: {}", md_code(&fl.id), md_message(&fl.location), md_message(&fl.message));
-        }
-        if !w.flags.is_empty() {
-            o.push('\n');
-        }
+        flags(o, &w.flags);
         heatmap(o, &w.rows, lim);
         if !w.moved_rows.is_empty() {
-            o.push_str("Embedding rows that moved most:\n\n| matrix | token id | token | relative change |\n|---|---|---|---|\n");
+            o.push_str("Embedding rows that moved most:\n\n");
+            table_head(o, &MOVED_ROW_COLUMNS);
             for m in w.moved_rows.iter().take(lim.moved_rows) {
-                let tok = m.token.as_deref().map(md_code_cell).unwrap_or_else(|| "—".into());
-                let _ = writeln!(o, "| {} | {} | {} | {} |", md_inline(&m.matrix), m.token_id, tok, num(m.rel_change.0));
+                table_row(o, moved_row(m));
             }
             showing(o, w.moved_rows.len().min(lim.moved_rows), w.moved_rows.len(), "moved rows");
             o.push('\n');
@@ -570,25 +441,11 @@ fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
         if let Some(s) = &a.summary {
             let _ = writeln!(o, "{}\n", md_message(s));
         }
-        for fl in &a.flags {
-            let _ = writeln!(o, "- ⚑ {} at {}: {}", md_code(&fl.id), md_message(&fl.location), md_message(&fl.message));
-        }
-        if !a.flags.is_empty() {
-            o.push('\n');
-        }
+        flags(o, &a.flags);
         if !a.layers.is_empty() {
-            o.push_str("| layer | clean mean | triggered mean | threshold | triggered above | flagged |\n|---|---|---|---|---|---|\n");
+            table_head(o, &LAYER_COLUMNS);
             for l in a.layers.iter().take(lim.layers) {
-                let _ = writeln!(
-                    o,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    l.layer,
-                    num(l.clean_mean.0),
-                    num(l.triggered_mean.0),
-                    num(l.threshold.0),
-                    num(l.flagged_fraction.0),
-                    if l.flagged { "⚑ yes" } else { "no" }
-                );
+                table_row(o, layer_row(l));
             }
             showing(o, a.layers.len().min(lim.layers), a.layers.len(), "layers");
             o.push('\n');
@@ -605,20 +462,20 @@ fn inside(o: &mut String, r: &RunRecord, lim: Limits) {
     }
 }
 
-/// Layer × module table of relative Frobenius norms (⚑ = flagged), then tensors outside the layers.
-fn heatmap(o: &mut String, rows: &[DeltaRow], lim: Limits) {
-    if rows.is_empty() {
+/// What the look inside flagged, one item a line.
+fn flags(o: &mut String, flags: &[InsideFlag]) {
+    if flags.is_empty() {
         return;
     }
-    let mut modules: Vec<&str> = rows.iter().filter(|r| r.layer.is_some()).map(|r| r.module.as_str()).collect();
-    modules.sort_by_key(|m| (MODULE_ORDER.iter().position(|x| x == m).unwrap_or(usize::MAX), *m));
-    modules.dedup();
-    let mut cells: BTreeMap<u32, BTreeMap<&str, &DeltaRow>> = BTreeMap::new();
-    for row in rows {
-        if let Some(l) = row.layer {
-            cells.entry(l).or_default().insert(row.module.as_str(), row);
-        }
+    for fl in flags {
+        let _ = writeln!(o, "- ⚑ {} at {}: {}", md_code(&fl.id), md_message(&fl.location), md_message(&fl.message));
     }
+    o.push('\n');
+}
+
+/// Layer × module table of relative Frobenius norms (⚑ = flagged), then tensors outside the layers.
+fn heatmap(o: &mut String, rows: &[DeltaRow], lim: Limits) {
+    let DeltaGrid { modules, cells, outside } = DeltaGrid::of(rows);
     if !cells.is_empty() {
         o.push_str("Relative Frobenius norm of the delta per layer and module (‖ΔW‖/‖W‖; ⚑ = flagged, top-k energy in brackets where flagged):\n\n| layer |");
         for m in &modules {
@@ -647,19 +504,10 @@ fn heatmap(o: &mut String, rows: &[DeltaRow], lim: Limits) {
         showing(o, cells.len().min(lim.layers), cells.len(), "layers");
         o.push('\n');
     }
-    let outside: Vec<&DeltaRow> = rows.iter().filter(|r| r.layer.is_none()).collect();
     if !outside.is_empty() {
-        o.push_str("| tensor | ‖ΔW‖/‖W‖ | top-k energy | effective rank | flagged |\n|---|---|---|---|---|\n");
+        table_head(o, &TENSOR_COLUMNS);
         for row in outside.iter().take(lim.layers) {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} |",
-                md_code_cell(&row.tensor),
-                num(row.rel_frobenius.0),
-                num(row.topk_energy.0),
-                num(row.effective_rank.0),
-                if row.flagged { "⚑ yes" } else { "no" }
-            );
+            table_row(o, tensor_row(row));
         }
         showing(o, outside.len().min(lim.layers), outside.len(), "tensors");
         o.push('\n');
@@ -672,55 +520,24 @@ fn trigger_search(o: &mut String, r: &RunRecord, lim: Limits) {
     if t.triggers.is_empty() {
         o.push_str("No trigger was recovered.\n\n");
     } else {
-        o.push_str("Recovered triggers, verified on held-out prompts (ASR = attack success rate):\n\n| trigger | token ids | target | position | ASR candidate | ASR baseline | ASR candidate without trigger | held-out prompts |\n|---|---|---|---|---|---|---|---|\n");
+        o.push_str("Recovered triggers, verified on held-out prompts (ASR = attack success rate):\n\n");
+        table_head(o, &RECOVERED_COLUMNS);
         for x in t.triggers.iter().take(lim.search) {
-            let ids: Vec<String> = x.token_ids.iter().map(u32::to_string).collect();
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                md_code_cell(&x.text),
-                md_code_cell(&ids.join(" ")),
-                md_code_cell(&truncate_chars(&x.target, 80)),
-                x.position.as_str(),
-                num(x.asr_candidate.0),
-                num(x.asr_baseline.0),
-                num(x.asr_candidate_without_trigger.0),
-                x.held_out
-            );
+            table_row(o, recovered_row(x, 80));
         }
         showing(o, t.triggers.len().min(lim.search), t.triggers.len(), "recovered triggers");
         o.push('\n');
     }
     if !t.anomalies.is_empty() {
-        o.push_str("| target | anomaly index | loss on candidate | loss on baseline | flagged |\n|---|---|---|---|---|\n");
+        table_head(o, &ANOMALY_COLUMNS);
         for a in t.anomalies.iter().take(lim.search) {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} |",
-                md_code_cell(&truncate_chars(&a.target, 80)),
-                num(a.index.0),
-                num(a.loss_candidate.0),
-                opt_num(&a.loss_baseline),
-                if a.flagged { "⚑ yes" } else { "no" }
-            );
+            table_row(o, anomaly_row(a, 80));
         }
         showing(o, t.anomalies.len().min(lim.search), t.anomalies.len(), "targets");
         o.push('\n');
     }
     let c = &t.coverage;
-    let positions: Vec<&str> = c.positions.iter().map(|p| p.as_str()).collect();
-    let lengths: Vec<String> = c.trigger_lengths.iter().map(u32::to_string).collect();
-    let _ = writeln!(
-        o,
-        "**Coverage:** {} Positions: {}; trigger lengths (tokens): {}; {} targets; {} optimisation steps, {} restarts{}.\n",
-        md_inline(&c.statement),
-        if positions.is_empty() { "none".into() } else { positions.join(", ") },
-        if lengths.is_empty() { "none".into() } else { lengths.join(", ") },
-        c.targets.len(),
-        c.steps,
-        c.restarts,
-        c.budget_seconds.map(|s| format!(", budget {s} s")).unwrap_or_default()
-    );
+    let _ = writeln!(o, "**Coverage:** {} {}\n", md_inline(&c.statement), search_coverage(c));
     if !c.not_searched.is_empty() {
         o.push_str("Not searched:\n\n");
         for n in &c.not_searched {
@@ -736,7 +553,8 @@ fn stages(o: &mut String, r: &RunRecord) {
     if not_ran.is_empty() {
         return;
     }
-    o.push_str("## Stages skipped or failed\n\n| stage | status | why |\n|---|---|---|\n");
+    o.push_str("## Stages skipped or failed\n\n");
+    table_head(o, &["stage", "status", "why"]);
     for (name, s) in not_ran {
         let why = match s {
             StageStatus::Skipped { reason } => reason.as_str(),
@@ -749,13 +567,11 @@ fn stages(o: &mut String, r: &RunRecord) {
 }
 
 fn not_evaluated(o: &mut String, r: &RunRecord, lim: Limits) {
-    let insufficient: Vec<&TestResult> =
-        r.tests.iter().filter(|t| t.status == TestStatus::InsufficientSamples).collect();
-    let case_errors: Vec<&CaseResult> = r.cases.iter().filter(|c| c.error.is_some()).collect();
-    let probe_errors: Vec<&ProbeInfo> = r.probes.iter().filter(|p| p.error.is_some()).collect();
-    if insufficient.is_empty() && case_errors.is_empty() && probe_errors.is_empty() {
+    let missing = NotEvaluated::of(r);
+    if missing.is_empty() {
         return;
     }
+    let NotEvaluated { insufficient, case_errors, probe_errors } = missing;
     o.push_str("## Not evaluated\n\n");
     for p in &probe_errors {
         let _ = writeln!(
@@ -782,9 +598,9 @@ fn not_evaluated(o: &mut String, r: &RunRecord, lim: Limits) {
             plural(insufficient.len(), "test had", "tests had"),
             r.settings.statistics.min_pairs
         );
-        o.push_str("| test | pairs | missing |\n|---|---|---|\n");
+        table_head(o, &INSUFFICIENT_COLUMNS);
         for t in insufficient.iter().take(lim.insufficient) {
-            let _ = writeln!(o, "| {} | {} | {} |", md_code_cell(&t.id), t.n, t.n_missing);
+            table_row(o, insufficient_row(t));
         }
         showing(o, insufficient.len().min(lim.insufficient), insufficient.len(), "tests with too few samples");
     }
@@ -796,21 +612,9 @@ fn coverage(o: &mut String, r: &RunRecord) {
     if r.suites.is_empty() {
         o.push_str("No probe suite was run.\n\n");
     } else {
-        o.push_str("| suite | version | probes | cases | triggers | tests evaluated | significant |\n|---|---|---|---|---|---|---|\n");
+        table_head(o, &SUITE_COLUMNS);
         for s in &r.suites {
-            let (n_tests, evaluated, significant, n_triggers) = r.suite_coverage(&s.name);
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} of {} | {} |",
-                md_inline(&s.name),
-                md_inline(&s.version),
-                s.probes,
-                s.cases,
-                n_triggers,
-                evaluated,
-                n_tests,
-                significant
-            );
+            table_row(o, suite_row(r, s));
         }
         o.push('\n');
     }
@@ -872,18 +676,7 @@ fn provenance(o: &mut String, r: &RunRecord) {
         md_code(&r.policy.source),
         md_code(short(&r.policy.sha256))
     );
-    let st = &r.settings.statistics;
-    let _ = writeln!(
-        o,
-        "- seed {}, device {}, dtype {}; Wilcoxon signed-rank tests, Benjamini–Hochberg at {}, {} bootstrap and {} permutation resamples, at least {} pairs per test",
-        r.settings.seed,
-        md_inline(&r.settings.device),
-        md_inline(&r.settings.dtype),
-        setting(st.fdr.0),
-        st.bootstrap_resamples,
-        st.permutation_resamples,
-        st.min_pairs
-    );
+    let _ = writeln!(o, "- {}", statistics_settings(r, md_inline));
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! [`RENDERERS`] is the one table of report files a scan writes; a new format (HTML, SARIF, in-toto, CycloneDX)
 //! is a module here plus a line in the table.
 
+pub(crate) mod common;
 pub mod csv;
 pub mod html;
 pub mod cyclonedx;

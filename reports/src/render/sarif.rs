@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::record::*;
+use crate::render::common::{num, pval};
 use crate::render::interop::{adverse_reasons, fingerprint, pretty, suite_path, test_citations, uri_path};
-use crate::render::markdown::{num, pval};
 use crate::text::{truncate_chars, visible};
 
 pub const SCHEMA_URI: &str = "https://json.schemastore.org/sarif-2.1.0.json";
@@ -102,6 +102,22 @@ fn suite_location(r: &RunRecord, suite: &str) -> Option<(String, Option<&'static
     })
 }
 
+/// Count a result against rule `id` at `level`: the rule is made by `new` on first use and raised to `level` when that
+/// is more severe than before. Returns the rule and whether this result raised it.
+fn use_rule<'a>(
+    rules: &'a mut BTreeMap<String, Rule>,
+    id: &str,
+    level: &'static str,
+    new: impl FnOnce() -> Rule,
+) -> (&'a mut Rule, bool) {
+    let rule = rules.entry(id.to_string()).or_insert_with(new);
+    let raised = level_weight(level) > level_weight(rule.level);
+    if raised {
+        rule.level = level;
+    }
+    (rule, raised)
+}
+
 fn collect(r: &RunRecord) -> (BTreeMap<String, Rule>, Vec<SarifResult>) {
     let mut rules: BTreeMap<String, Rule> = BTreeMap::new();
     let mut results = Vec::new();
@@ -109,15 +125,14 @@ fn collect(r: &RunRecord) -> (BTreeMap<String, Rule>, Vec<SarifResult>) {
     for f in &r.audit.findings {
         let id = format!("audit/{}", f.rule);
         let level = severity_level(f.severity);
-        let rule = rules.entry(id.clone()).or_insert_with(|| Rule {
+        let (rule, raised) = use_rule(&mut rules, &id, level, || Rule {
             id: id.clone(),
             short: format!("Artifact audit: {}", f.rule),
             level,
             security_severity: security_severity(f.severity),
             tags: vec!["security", "supply-chain", "audit"],
         });
-        if level_weight(level) > level_weight(rule.level) {
-            rule.level = level;
+        if raised {
             rule.security_severity = security_severity(f.severity);
         }
         results.push(SarifResult {
@@ -135,16 +150,13 @@ fn collect(r: &RunRecord) -> (BTreeMap<String, Rule>, Vec<SarifResult>) {
     for reason in adverse_reasons(r) {
         let id = format!("policy/{}", reason.rule);
         let level = decision_level(reason.decision);
-        let rule = rules.entry(id.clone()).or_insert_with(|| Rule {
+        use_rule(&mut rules, &id, level, || Rule {
             id: id.clone(),
             short: format!("Gate policy rule {}", reason.rule),
             level,
             security_severity: security_severity(reason.severity),
             tags: vec!["security", "backdoor", "gate"],
         });
-        if level_weight(level) > level_weight(rule.level) {
-            rule.level = level;
-        }
         let mut files: Vec<(String, Option<&'static str>)> = Vec::new();
         let mut logical = Vec::new();
         for e in &reason.evidence {
@@ -187,16 +199,13 @@ fn collect(r: &RunRecord) -> (BTreeMap<String, Rule>, Vec<SarifResult>) {
         let Some(decision) = cited.get(t.id.as_str()).copied().filter(|d| *d != Decision::Pass) else { continue };
         let id = format!("test/{}/{}", t.kind.as_str(), t.metric);
         let level = decision_level(decision);
-        let rule = rules.entry(id.clone()).or_insert_with(|| Rule {
+        use_rule(&mut rules, &id, level, || Rule {
             id: id.clone(),
             short: format!("Paired test of {} on {} probes", t.metric, t.kind.as_str()),
             level,
             security_severity: None,
             tags: vec!["security", "backdoor", "statistics"],
         });
-        if level_weight(level) > level_weight(rule.level) {
-            rule.level = level;
-        }
         let mut message =
             format!("{}: effect {}", t.id, t.effect.map(|e| num(e.0)).unwrap_or_else(|| "undefined".into()));
         if let Some(ci) = &t.ci {

@@ -4,7 +4,65 @@
 #![allow(dead_code, clippy::too_many_arguments)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use trapdoor_reports::record::*;
+
+/// Compare `actual` with `reports/tests/golden/<name>` byte for byte; `UPDATE_GOLDEN=1` rewrites the file instead.
+pub fn golden(name: &str, actual: &[u8]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    if expected != actual {
+        let exp = String::from_utf8_lossy(&expected);
+        let act = String::from_utf8_lossy(actual);
+        let line = exp
+            .lines()
+            .zip(act.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(exp.lines().count().min(act.lines().count()));
+        panic!(
+            "{name} differs from {} at line {}:\n  expected: {:?}\n  actual:   {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
+            path.display(),
+            line + 1,
+            exp.lines().nth(line),
+            act.lines().nth(line)
+        );
+    }
+}
+
+/// For the size-cap tests: `n` more copies of the first audit finding (files `file-<i>.json`), each with `message`
+/// when one is given.
+pub fn add_findings(rec: &mut RunRecord, n: usize, message: Option<&str>) {
+    let f0 = rec.audit.findings[0].clone();
+    for i in 0..n {
+        let mut f = f0.clone();
+        f.file = format!("file-{i}.json");
+        if let Some(m) = message {
+            f.message = m.to_string();
+        }
+        rec.audit.findings.push(f);
+    }
+}
+
+/// For the size-cap tests: a full layer × module grid of weight-delta rows over `layers` layers, copies of the first
+/// row.
+pub fn add_delta_layers(rec: &mut RunRecord, layers: u32) {
+    let w = rec.inside.weight_delta.as_mut().unwrap();
+    let row = w.rows[0].clone();
+    for layer in 0..layers {
+        for module in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
+            let mut x = row.clone();
+            x.layer = Some(layer);
+            x.module = module.into();
+            x.tensor = format!("model.layers.{layer}.{module}.weight");
+            w.rows.push(x);
+        }
+    }
+}
 
 pub fn r(x: f64) -> Real {
     Real(x)
