@@ -99,6 +99,17 @@ fn markdown_puts_the_verdict_first_and_names_the_trigger() {
 }
 
 #[test]
+fn a_warn_verdict_says_the_same_thing_in_markdown_and_html() {
+    // A warn is "no fail rule fired, a reviewer should look": both renderers once put it differently (one said the
+    // candidate "passed no fail rule", which reads as the opposite).
+    let mut r = rich_record();
+    r.verdict.decision = Decision::Warn;
+    let sentence = "No fail rule fired, but the policy asks a reviewer to look at the reasons below.";
+    assert!(markdown::render(&r).contains(sentence));
+    assert!(String::from_utf8(render::html::render(&r)).unwrap().contains(sentence));
+}
+
+#[test]
 fn markdown_stays_under_the_cap_for_a_huge_record() {
     let mut rec = with_trigger_search(rich_record());
     let template_case = rec.cases.iter().find(|c| c.id == "kt-0-cf-prefix").unwrap().clone();

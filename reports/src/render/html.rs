@@ -219,7 +219,7 @@ impl<'a> Page<'a> {
         );
         o.push_str(match d {
             Decision::Pass => "<p>The candidate may be promoted under this policy. A pass is not proof that no backdoor exists: see <a href=\"#coverage\">Coverage</a> for what was checked.</p>\n",
-            Decision::Warn => "<p>The candidate passed every fail rule, but the policy asks a reviewer to look at the reasons below.</p>\n",
+            Decision::Warn => "<p>No fail rule fired, but the policy asks a reviewer to look at the reasons below.</p>\n",
             Decision::Fail => "<p><strong>The candidate must not be promoted under this policy.</strong></p>\n",
             Decision::NothingEvaluated => "<p>Nothing could be evaluated, so no decision was made: see the reasons and <a href=\"#not-evaluated\">Not evaluated</a>.</p>\n",
         });

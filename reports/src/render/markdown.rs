@@ -201,7 +201,7 @@ fn verdict(o: &mut String, r: &RunRecord, lim: Limits) {
     );
     match v.decision {
         Decision::Pass => o.push_str("The candidate may be promoted under this policy. A pass is not proof that no backdoor exists: see *Coverage* for what was checked.\n\n"),
-        Decision::Warn => o.push_str("The candidate passed no fail rule, but the policy asks a reviewer to look at the reasons below.\n\n"),
+        Decision::Warn => o.push_str("No fail rule fired, but the policy asks a reviewer to look at the reasons below.\n\n"),
         Decision::Fail => o.push_str("The candidate must not be promoted under this policy.\n\n"),
         Decision::NothingEvaluated => o.push_str("Nothing could be evaluated, so no decision was made: see the reasons and *Not evaluated* below.\n\n"),
     }
