@@ -36,8 +36,15 @@ fn demo_then_selftest_on_the_default_zoo() {
     for r in &reports {
         assert!(Path::new(r).is_file(), "{r} missing");
     }
-    let md = std::fs::read_to_string(reports.iter().find(|r| r.ends_with(".md") && r.contains("bd-")).unwrap()).unwrap();
+    let md_path = reports.iter().find(|r| r.ends_with(".md") && r.contains("bd-")).unwrap();
+    let md = std::fs::read_to_string(md_path).unwrap();
     assert!(md.contains("FAIL") || md.contains("fail"), "{md}");
+    // The demo runs the trigger search; timing.json splits its seconds by phase (the record never holds seconds).
+    let timing_path = Path::new(md_path).with_file_name("timing.json");
+    let timing: serde_json::Value = serde_json::from_slice(&std::fs::read(&timing_path).unwrap()).unwrap();
+    for phase in ["inversion", "soft", "gcg", "verify", "anomaly"] {
+        assert!(timing["stages"][format!("trigger_search.{phase}")].as_f64().is_some(), "{phase}: {timing}");
+    }
 
     let sel = &cache.join("selftest");
     // The self-test here runs the default policy without the trigger search (a checked copy, see policy_gate.rs):

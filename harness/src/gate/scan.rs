@@ -128,7 +128,7 @@ impl ScanConfig {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timing {
     /// Seconds per stage, by stage name (`suites`, `audit`, `load`, `generate`, `teacher_forcing`, `inside`,
-    /// `trigger_search`, `conclude`, `write`).
+    /// `trigger_search`, `conclude`, `write`; the trigger search's phases as `trigger_search.PHASE`).
     pub stages: BTreeMap<String, f64>,
     pub total_seconds: f64,
     /// Cases evaluated (clean and triggered).
@@ -1177,8 +1177,12 @@ fn trigger_search_stage(
         progress: cfg.progress,
     };
     match crate::invert::scan_stage(&input) {
-        Ok(ts) => {
-            record.trigger_search = Some(ts);
+        Ok(out) => {
+            // The search's phases go to timing.json (never the run record: seconds differ between runs).
+            for (phase, secs) in &out.timing {
+                timing.stages.insert(format!("trigger_search.{phase}"), *secs);
+            }
+            record.trigger_search = Some(out.record);
             record.stages.trigger_search = StageStatus::ran();
         }
         Err(e @ crate::invert::InvertError::NotBuilt) => {

@@ -100,7 +100,7 @@ pub enum InvertError {
 }
 
 /// Run the trigger search as a scan stage.
-pub fn scan_stage(input: &StageInput) -> Result<TriggerSearch, InvertError> {
+pub fn scan_stage(input: &StageInput) -> Result<SearchOutput, InvertError> {
     let params = SearchParams::from_stage(&input.stage, input.candidate.decoder().parameter_count());
     let total: usize = input.prompts.iter().map(|g| g.prompts.len()).sum();
     let prompts = if total >= 4 {
@@ -111,7 +111,7 @@ pub fn scan_stage(input: &StageInput) -> Result<TriggerSearch, InvertError> {
             prompts::DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect(),
         )]
     };
-    let out = search(
+    search(
         input.candidate,
         input.baseline,
         &prompts,
@@ -119,8 +119,7 @@ pub fn scan_stage(input: &StageInput) -> Result<TriggerSearch, InvertError> {
         &params,
         input.seed,
         input.progress,
-    )?;
-    Ok(out.record)
+    )
 }
 
 /// Every knob of the search. [`SearchParams::from_stage`] fills the ones the policy does not set from the model size.
@@ -154,9 +153,9 @@ pub struct SearchParams {
     /// Targets inverted through a divergence trigger (each a seeded GCG restart) on the mixed prompts, before the
     /// trigger-free inversion.
     pub trigger_inversions: usize,
-    /// Prompt groups that get a divergence inversion of their own (those where the candidate departs most from the
-    /// baseline without any trigger: the fine-tune's own domains); their targets are searched and verified on that
-    /// group's prompts.
+    /// Prompt groups that get a divergence inversion of their own; when more are eligible, the ones the baseline
+    /// models best (lowest per-token NLL: text the model can read, where a fine-tune plants its behaviour). Their
+    /// targets are searched and verified on that group's prompts.
     pub domain_inversions: usize,
     /// Smallest group a domain is formed from (half train, half held-out).
     pub min_group_prompts: usize,
