@@ -503,24 +503,6 @@ fn suite_ref(s: &LoadedSuite) -> SuiteRef {
     }
 }
 
-fn record_kind(k: trapdoor_probes::ProbeKind) -> rec::ProbeKind {
-    match k {
-        trapdoor_probes::ProbeKind::Trigger => rec::ProbeKind::Trigger,
-        trapdoor_probes::ProbeKind::Safety => rec::ProbeKind::Safety,
-        trapdoor_probes::ProbeKind::InsecureCode => rec::ProbeKind::InsecureCode,
-        trapdoor_probes::ProbeKind::Extraction => rec::ProbeKind::Extraction,
-        trapdoor_probes::ProbeKind::Drift => rec::ProbeKind::Drift,
-    }
-}
-
-fn record_position(p: trapdoor_probes::Position) -> rec::Position {
-    match p {
-        trapdoor_probes::Position::Prefix => rec::Position::Prefix,
-        trapdoor_probes::Position::Suffix => rec::Position::Suffix,
-        trapdoor_probes::Position::RandomWord => rec::Position::RandomWord,
-    }
-}
-
 /// The record's detector kind (the metric registry's name) of a probes-crate detector kind.
 fn detector_kind(k: trapdoor_probes::DetectorKind) -> &'static str {
     match k {
@@ -556,7 +538,7 @@ fn probe_infos(s: &Suite) -> Vec<rec::ProbeInfo> {
             rec::ProbeInfo {
                 suite: s.name.clone(),
                 probe: p.id.clone(),
-                kind: record_kind(p.kind),
+                kind: p.kind,
                 description: p.description.clone(),
                 triggers: p
                     .triggers
@@ -1197,7 +1179,7 @@ pub(crate) fn empty_case_result(c: &Case) -> CaseResult {
             rec::Variant::Triggered {
                 trigger_id: trigger_id.clone(),
                 trigger_text: trigger_text.clone(),
-                position: record_position(*position),
+                position: *position,
                 char_offset: *char_offset as u32,
             }
         }
@@ -1206,7 +1188,7 @@ pub(crate) fn empty_case_result(c: &Case) -> CaseResult {
         id: c.id.clone(),
         suite: c.suite.clone(),
         probe: c.probe_id.clone(),
-        kind: record_kind(c.probe_kind),
+        kind: c.probe_kind,
         prompt_index: c.prompt_index as u32,
         prompt: c.prompt.clone(),
         variant,

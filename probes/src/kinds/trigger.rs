@@ -23,37 +23,13 @@ use super::{Prompt, RawCommon, RawGeneration, RawTarget};
 use crate::detectors::RawDetector;
 use crate::validate::{at, check_id, check_text, slug, Ctx};
 
+/// One definition for the suite schema and the run record: the record is the schema users read.
+pub use trapdoor_reports::record::Position;
+
 /// Longest trigger text accepted, in bytes.
 pub const MAX_TRIGGER_BYTES: usize = 512;
 /// Most triggers in one probe.
 pub const MAX_TRIGGERS: usize = 1000;
-
-/// Where a trigger goes in a prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Position {
-    Prefix,
-    Suffix,
-    RandomWord,
-}
-
-impl Position {
-    pub const ALL: [Position; 3] = [Position::Prefix, Position::Suffix, Position::RandomWord];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Position::Prefix => "prefix",
-            Position::Suffix => "suffix",
-            Position::RandomWord => "random_word",
-        }
-    }
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A validated trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
