@@ -4,6 +4,68 @@
 //! `targets`, `detectors` (the kind's defaults when absent) and optional `generation` settings. Only `trigger`
 //! probes create triggered variants; the other kinds compare candidate and baseline on the same clean prompts.
 
+/// Declares a kind's YAML struct (`$name`) and its `split` into [`RawCommon`] and, for kinds with fields of their own,
+/// the kind's part (`$extra`). The common fields are written once here; a kind's own fields stand between
+/// `prompt_sets` and `targets`, which is the order serde lists them in an unknown-field error. Each kind keeps its
+/// own struct (and name) because the kind read in pass 1 picks which one pass 2 streams into (see `crate::tagged`).
+macro_rules! raw_probe {
+    ($name:ident) => {
+        raw_probe!(@struct $name {});
+
+        impl $name {
+            pub(crate) fn split(self) -> $crate::kinds::RawCommon {
+                raw_probe!(@common self)
+            }
+        }
+    };
+    ($name:ident, $extra:ident { $($(#[$attr:meta])* $field:ident: $ty:ty,)+ }) => {
+        raw_probe!(@struct $name { $($(#[$attr])* $field: $ty,)+ });
+
+        pub(crate) struct $extra {
+            $($field: $ty,)+
+        }
+
+        impl $name {
+            pub(crate) fn split(self) -> ($crate::kinds::RawCommon, $extra) {
+                (raw_probe!(@common self), $extra { $($field: self.$field,)+ })
+            }
+        }
+    };
+    (@struct $name:ident { $($(#[$attr:meta])* $field:ident: $ty:ty,)* }) => {
+        #[derive(::serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct $name {
+            #[allow(dead_code)]
+            kind: ::serde::de::IgnoredAny,
+            id: ::serde_saphyr::Spanned<String>,
+            #[serde(default)]
+            description: Option<String>,
+            #[serde(default)]
+            prompts: Option<::serde_saphyr::Spanned<Vec<::serde_saphyr::Spanned<String>>>>,
+            #[serde(default)]
+            prompt_sets: Option<::serde_saphyr::Spanned<Vec<::serde_saphyr::Spanned<String>>>>,
+            $($(#[$attr])* $field: $ty,)*
+            #[serde(default)]
+            targets: Option<::serde_saphyr::Spanned<Vec<$crate::kinds::RawTarget>>>,
+            #[serde(default)]
+            detectors: Option<::serde_saphyr::Spanned<Vec<::serde_saphyr::Spanned<$crate::detectors::RawDetector>>>>,
+            #[serde(default)]
+            generation: Option<$crate::kinds::RawGeneration>,
+        }
+    };
+    (@common $raw:ident) => {
+        $crate::kinds::RawCommon {
+            id: $raw.id,
+            description: $raw.description,
+            prompts: $raw.prompts,
+            prompt_sets: $raw.prompt_sets,
+            targets: $raw.targets,
+            detectors: $raw.detectors,
+            generation: $raw.generation,
+        }
+    };
+}
+
 pub mod drift;
 pub mod extraction;
 pub mod insecure_code;
