@@ -23,15 +23,16 @@ use std::time::Instant;
 
 use trapdoor_probes::Case;
 use trapdoor_reports::record::{
-    self as rec, AdapterRef, AuditSection, DetectorHit, Divergence, FileRef, ModelKind, ModelOutput,
-    ModelRef, RunRecord, StageStatus, StopReason, TargetScore,
+    self as rec, DetectorHit, Divergence, FileRef, ModelKind, ModelOutput, ModelRef, RunRecord, StageStatus,
+    StopReason, TargetScore,
 };
 
 use super::{
-    detector_kind, empty_case_result, finish, lap, load_suites, model_kind, model_ref, probe_infos,
-    scored_target, settings, suite_ref, trace, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
+    audit_section, audit_stop_reason, base_record, candidate_files, detector_kind, empty_case_result, finish,
+    keep_audited_files, lap, load_candidate, load_suites, model_kind, model_ref, scored_target, stage0, trace,
+    vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
 };
-use crate::audit::{self, AuditOptions, LockFile, ModelFiles};
+use crate::audit::LockFile;
 use crate::runtime::device::dtype_name;
 use crate::runtime::Model;
 use crate::snapshot::format::{Manifest, Snapshot, SnapshotError};
@@ -95,10 +96,7 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
     lap(&mut timing, "snapshot", t);
     let m = &snap.manifest;
 
-    let mut cand_files = ModelFiles::resolve(&cfg.candidate)?;
-    if let Some(a) = &cfg.adapter {
-        cand_files = cand_files.with_adapter(a)?;
-    }
+    let cand_files = candidate_files(cfg)?;
     let vc = vocab_size_of(&cand_files)?;
     if vc as u64 != m.model.vocab_size {
         return Err(ScanError::VocabularyMismatch(format!(
@@ -111,68 +109,15 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
 
     // Stage 0, on the candidate's files alone.
     let t = Instant::now();
-    let mut prompts: Vec<String> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for s in &suites {
-        for p in &s.suite.probes {
-            for pr in &p.prompts {
-                if seen.insert(pr.text.clone()) {
-                    prompts.push(pr.text.clone());
-                }
-            }
-        }
-    }
-    let stop_on = cfg.policy.policy.stages.audit.stop_on;
-    let opts = AuditOptions { fail_on: stop_on, full_scan: true, lock, prompts, extra_allowed: Vec::new() };
-    let audit_result = audit::stage0(&cand_files, None, &opts);
+    let audit_result = stage0(cfg, &suites, &cand_files, None, lock);
     lap(&mut timing, "audit", t);
     let mut cand_ref = ModelRef::new(&cfg.candidate, model_kind(&cand_files));
     cand_ref.revision = cand_files.revision.clone();
     let audit_note = "on the candidate's files only: the baseline is a snapshot, so no tokenizer / config / \
                       chat-template diff against its files (its vocabulary is compared with the snapshot's)";
-    let (section, audit_stage) = match &audit_result {
-        Ok(report) => {
-            let mut adapter_files = Vec::new();
-            for f in &report.files {
-                let r = FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes };
-                match f.path.strip_prefix("adapter/") {
-                    Some(rest) => adapter_files.push(FileRef { path: rest.into(), ..r }),
-                    None => cand_ref.files.push(r),
-                }
-            }
-            cand_ref.root_digest = Some(report.root_digest.clone());
-            if let Some(a) = &cfg.adapter {
-                cand_ref.adapter = Some(AdapterRef {
-                    spec: a.display().to_string(),
-                    files: adapter_files,
-                    root_digest: None,
-                    base_model: None,
-                    rank: None,
-                    alpha: None,
-                    target_modules: Vec::new(),
-                });
-            }
-            (
-                AuditSection { passed: Some(report.passed), findings: report.findings.clone() },
-                StageStatus::Ran { note: Some(audit_note.to_string()) },
-            )
-        }
-        Err(e) => (AuditSection { passed: None, findings: Vec::new() }, StageStatus::error(e.to_string())),
-    };
-    let base_ref = baseline_ref(dir, m);
-    let stop_reason = match (&audit_result, &section.passed) {
-        (Err(e), _) => Some(format!("the audit could not complete ({e}); no weights were loaded")),
-        (Ok(_), Some(false)) => Some(format!(
-            "the audit found a problem at or above `{}` (policy stages.audit.stop_on); no weights were loaded",
-            stop_on.as_str()
-        )),
-        _ => None,
-    };
-    let mut record = RunRecord::new(cand_ref.clone(), base_ref.clone(), cfg.policy.policy_ref(), settings(cfg));
-    record.command = cfg.command.clone();
-    record.suites = suites.iter().map(suite_ref).collect();
-    record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
-    if let Some(reason) = stop_reason {
+    let (section, audit_stage) = audit_section(cfg, &audit_result, &mut cand_ref, Some(audit_note));
+    let mut record = base_record(cfg, &suites, cand_ref.clone(), baseline_ref(dir, m));
+    if let Some(reason) = audit_stop_reason(cfg, &audit_result) {
         record.stages = rec::Stages::not_run(&reason);
         record.stages.audit = audit_stage;
         record.audit = section;
@@ -180,9 +125,7 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
     }
 
     let t = Instant::now();
-    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?).map_err(|source| {
-        ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source: Box::new(source) }
-    })?;
+    let candidate = load_candidate(cfg)?;
     lap(&mut timing, "load", t);
     let vocab = vocab_sha256(&candidate).map_err(snap_err(dir))?;
     if vocab != m.model.vocab_sha256 {
@@ -195,11 +138,7 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
         )));
     }
     let mut full = model_ref(&cfg.candidate, &candidate);
-    full.files = cand_ref.files;
-    full.root_digest = cand_ref.root_digest;
-    if let (Some(a), Some(b)) = (full.adapter.as_mut(), cand_ref.adapter) {
-        a.files = b.files;
-    }
+    keep_audited_files(&mut full, cand_ref);
     record.candidate = full;
     record.audit = section;
     record.stages = rec::Stages::not_run("not run");
