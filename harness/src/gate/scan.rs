@@ -904,6 +904,46 @@ fn trace(s: &Scored) -> DivergenceTrace {
     }
 }
 
+/// [`trace`] with each position's text along `cont`, as the difference of successive prefix decodes, so byte-level
+/// and multi-token characters come out whole where they end (reports show per-token divergence on it).
+fn trace_with_tokens(
+    s: &Scored,
+    cont: &[u32],
+    decode: &impl Fn(&[u32]) -> Result<String, ScanError>,
+) -> Result<DivergenceTrace, ScanError> {
+    let mut t = trace(s);
+    if let Some(pt) = t.per_token.as_mut() {
+        if pt.js.len() == cont.len() {
+            let mut prev = String::new();
+            for i in 1..=cont.len() {
+                let cur = decode(&cont[..i])?;
+                let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
+                pt.tokens.push(piece);
+                prev = cur;
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// One model's output for a case: the continuation's text and ids, the case's detector hits on the text, the target
+/// scores, and whether generation stopped at an end-of-sequence token (one of `eos`) or at the token cap.
+fn model_output(c: &Case, text: String, cont: &[u32], eos: &[u32], targets: Vec<TargetScore>) -> ModelOutput {
+    let hits = c
+        .detect(&text)
+        .into_iter()
+        .map(|h| DetectorHit {
+            detector: detector_kind(h.kind).to_string(),
+            rule: Some(h.rule),
+            start: h.start as u32,
+            end: h.end as u32,
+            matched: h.matched,
+        })
+        .collect();
+    let stop = if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
+    ModelOutput { text, token_ids: cont.to_vec(), stop, hits, targets, metrics: BTreeMap::new() }
+}
+
 pub(crate) fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {
@@ -1089,18 +1129,6 @@ fn scan_record(
         let k = distinct[&(ids.clone(), *n)];
         let mut outputs = Vec::new();
         for (cont, eos, side) in [(&gen_c[k], &eos_c, rec::Side::Candidate), (&gen_b[k], &eos_b, rec::Side::Baseline)] {
-            let text = decode(cont)?;
-            let hits = c
-                .detect(&text)
-                .into_iter()
-                .map(|h| DetectorHit {
-                    detector: detector_kind(h.kind).to_string(),
-                    rule: Some(h.rule),
-                    start: h.start as u32,
-                    end: h.end as u32,
-                    matched: h.matched,
-                })
-                .collect();
             let targets = c
                 .targets
                 .iter()
@@ -1119,9 +1147,7 @@ fn scan_record(
                     })
                 })
                 .collect();
-            let stop =
-                if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
-            outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
+            outputs.push(model_output(c, decode(cont)?, cont, eos, targets));
         }
         let along = |cont: &Vec<u32>| -> Result<DivergenceTrace, ScanError> {
             let s = if cont.is_empty() {
@@ -1129,21 +1155,7 @@ fn scan_record(
             } else {
                 jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty)
             };
-            let mut t = trace(s);
-            // Each position's text, as the difference of successive prefix decodes, so byte-level and
-            // multi-token characters come out whole where they end (reports show per-token divergence on it).
-            if let Some(pt) = t.per_token.as_mut() {
-                if pt.js.len() == cont.len() {
-                    let mut prev = String::new();
-                    for i in 1..=cont.len() {
-                        let cur = decode(&cont[..i])?;
-                        let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
-                        pt.tokens.push(piece);
-                        prev = cur;
-                    }
-                }
-            }
-            Ok(t)
+            trace_with_tokens(s, cont, &decode)
         };
         cr.divergence = Some(Divergence { along_candidate: along(&gen_c[k])?, along_baseline: along(&gen_b[k])? });
         let mut it = outputs.into_iter();

@@ -23,14 +23,13 @@ use std::time::Instant;
 
 use trapdoor_probes::Case;
 use trapdoor_reports::record::{
-    self as rec, DetectorHit, Divergence, FileRef, ModelKind, ModelOutput, ModelRef, RunRecord, StageStatus,
-    StopReason, TargetScore,
+    self as rec, Divergence, FileRef, ModelKind, ModelRef, RunRecord, StageStatus, TargetScore,
 };
 
 use super::{
-    audit_section, audit_stop_reason, base_record, candidate_files, detector_kind, empty_case_result, finish,
-    keep_audited_files, lap, load_candidate, load_suites, model_kind, model_ref, scored_target, stage0, trace,
-    vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
+    audit_section, audit_stop_reason, base_record, candidate_files, empty_case_result, finish, keep_audited_files,
+    lap, load_candidate, load_suites, model_kind, model_output, model_ref, scored_target, stage0, trace,
+    trace_with_tokens, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
 };
 use crate::audit::LockFile;
 use crate::runtime::device::dtype_name;
@@ -265,18 +264,6 @@ fn probes(
         let base_cont = &data.prompts[k].continuation;
         let mut outputs = Vec::new();
         for (cont, eos, side) in [(&gen_c[k], &eos_c, rec::Side::Candidate), (base_cont, &eos_b, rec::Side::Baseline)] {
-            let text = decode(cont)?;
-            let hits = c
-                .detect(&text)
-                .into_iter()
-                .map(|h| DetectorHit {
-                    detector: detector_kind(h.kind).to_string(),
-                    rule: Some(h.rule),
-                    start: h.start as u32,
-                    end: h.end as u32,
-                    matched: h.matched,
-                })
-                .collect();
             let targets = c
                 .targets
                 .iter()
@@ -291,22 +278,9 @@ fn probes(
                     Some(TargetScore { target: tg.text.clone(), logprob: rec::Real(lp), tokens: tids.len() as u32 })
                 })
                 .collect();
-            let stop =
-                if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
-            outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
+            outputs.push(model_output(c, decode(cont)?, cont, eos, targets));
         }
-        let mut along = trace(&along_base[k]);
-        if let Some(pt) = along.per_token.as_mut() {
-            if pt.js.len() == base_cont.len() {
-                let mut prev = String::new();
-                for i in 1..=base_cont.len() {
-                    let cur = decode(&base_cont[..i])?;
-                    let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
-                    pt.tokens.push(piece);
-                    prev = cur;
-                }
-            }
-        }
+        let along = trace_with_tokens(&along_base[k], base_cont, &decode)?;
         cr.divergence = Some(Divergence { along_candidate: trace(&empty), along_baseline: along });
         let mut it = outputs.into_iter();
         cr.candidate = it.next();
