@@ -12,7 +12,7 @@ use trapdoor::gate::policy::TriggerSearchStage;
 use trapdoor::invert::search::{rows, soft_loss, GcgParams, Pair};
 use trapdoor::invert::{prompts, score, search, PromptGroup, SearchParams};
 use trapdoor::runtime::{LoadOptions, Model};
-use trapdoor_reports::record::{Position, TriggerSearch};
+use trapdoor_reports::record::{Position, SearchCoverage, TriggerSearch};
 
 fn zoo(name: &str) -> String {
     common::fixtures()
@@ -128,6 +128,11 @@ fn tiny_params(budget_seconds: u64) -> SearchParams {
     p
 }
 
+/// One of the coverage's not-searched lines contains `needle`.
+fn assert_not_searched(c: &SearchCoverage, needle: &str) {
+    assert!(c.not_searched.iter().any(|n| n.contains(needle)), "`{needle}` not in {:?}", c.not_searched);
+}
+
 #[test]
 fn search_is_deterministic_and_fills_the_record() {
     let (cand, base) = models();
@@ -166,11 +171,7 @@ fn search_is_deterministic_and_fills_the_record() {
     assert_eq!(c.targets.len(), 2);
     assert!(c.steps > 0);
     assert!(c.statement.contains("stopped by the step budget"), "{}", c.statement);
-    assert!(
-        c.not_searched.iter().any(|n| n.contains("longer than 2 tokens")),
-        "{:?}",
-        c.not_searched
-    );
+    assert_not_searched(c, "longer than 2 tokens");
 }
 
 #[test]
@@ -182,11 +183,7 @@ fn the_time_cap_stops_the_search_and_the_coverage_says_so() {
     assert!(out.record.triggers.is_empty());
     let c = &out.record.coverage;
     assert!(c.statement.contains("stopped by the wall-clock safety cap"), "{}", c.statement);
-    assert!(
-        c.not_searched.iter().any(|n| n.contains("1 of 1 selected targets")),
-        "{:?}",
-        c.not_searched
-    );
+    assert_not_searched(c, "1 of 1 selected targets");
 }
 
 #[test]
@@ -296,11 +293,7 @@ fn prompt_groups_become_domains_searched_and_verified_on_their_own_prompts() {
     // With room for one domain only, the coverage names what was left out.
     p.domain_inversions = 1;
     let out = search(cand, Some(base), &groups, &[], &p, 3, false).unwrap();
-    assert!(
-        out.record.coverage.not_searched.iter().any(|n| n.contains("other than the 1 the baseline models best (of 2 groups")),
-        "{:?}",
-        out.record.coverage.not_searched
-    );
+    assert_not_searched(&out.record.coverage, "other than the 1 the baseline models best (of 2 groups");
     // One group is never split into domains.
     let out = search(cand, Some(base), &[PromptGroup::new("all", all)], &[], &p, 3, false).unwrap();
     assert!(out.record.triggers.iter().all(|t| t.prompts.is_none()));
