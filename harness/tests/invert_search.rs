@@ -204,58 +204,28 @@ fn a_baseline_with_another_embedding_space_is_refused() {
     assert!(e.contains("do not share an embedding space"), "{e}");
 }
 
+/// `trapdoor invert` with the stories base as candidate and baseline, then `extra`.
+fn invert_base(extra: &[&str]) -> std::process::Output {
+    let base = zoo("stories-base");
+    let args = ["invert", "--candidate", &base, "--baseline", &base];
+    Command::new(common::trapdoor_bin()).args(args).args(extra).output().unwrap()
+}
+
 #[test]
 fn cli_rejects_bad_flags_with_exit_2() {
-    let out = Command::new(common::trapdoor_bin())
-        .args([
-            "invert",
-            "--candidate",
-            &zoo("stories-base"),
-            "--baseline",
-            &zoo("stories-base"),
-            "--prompts",
-            "/nonexistent/p.txt",
-        ])
-        .output()
-        .unwrap();
+    let out = invert_base(&["--prompts", "/nonexistent/p.txt"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--prompts") && err.lines().count() == 1, "{err}");
-    let out = Command::new(common::trapdoor_bin())
-        .args([
-            "invert",
-            "--candidate",
-            &zoo("stories-base"),
-            "--baseline",
-            &zoo("stories-base"),
-            "--max-steps",
-            "0",
-        ])
-        .output()
-        .unwrap();
+    let out = invert_base(&["--max-steps", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-steps"));
 }
 
 #[test]
 fn cli_prints_the_section_as_json() {
-    let out = Command::new(common::trapdoor_bin())
-        .args([
-            "invert",
-            "--candidate",
-            &zoo("stories-base"),
-            "--adapter",
-            &zoo("stories-clean-lora-adapter"),
-            "--baseline",
-            &zoo("stories-base"),
-            "--budget-seconds",
-            "1",
-            "--max-targets",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let adapter = zoo("stories-clean-lora-adapter");
+    let out = invert_base(&["--adapter", &adapter, "--budget-seconds", "1", "--max-targets", "1", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let r: TriggerSearch = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.coverage.budget_seconds, Some(1));

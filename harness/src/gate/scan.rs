@@ -317,10 +317,7 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
     let (section, audit_stage) = audit_section(cfg, &audit_result, &mut cand_ref, None);
 
     if let Some(reason) = audit_stop_reason(cfg, &audit_result) {
-        let mut record = base_record(cfg, &suites, cand_ref, base_ref);
-        record.stages = rec::Stages::not_run(&reason);
-        record.stages.audit = audit_stage;
-        record.audit = section;
+        let record = stopped_by_audit(base_record(cfg, &suites, cand_ref, base_ref), &reason, section, audit_stage);
         return finish(cfg, record, timing, t0);
     }
 
@@ -451,6 +448,14 @@ fn base_record(cfg: &ScanConfig, suites: &[LoadedSuite], candidate: ModelRef, ba
     record.command = cfg.command.clone();
     record.suites = suites.iter().map(suite_ref).collect();
     record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
+    record
+}
+
+/// The record of a scan the audit stopped (for `reason`): the audit's section and status, no later stage run.
+fn stopped_by_audit(mut record: RunRecord, reason: &str, section: AuditSection, audit: StageStatus) -> RunRecord {
+    record.stages = rec::Stages::not_run(reason);
+    record.stages.audit = audit;
+    record.audit = section;
     record
 }
 

@@ -28,8 +28,8 @@ use trapdoor_reports::record::{
 
 use super::{
     audit_section, audit_stop_reason, base_record, candidate_files, empty_case_result, finish, keep_audited_files,
-    lap, load_candidate, load_suites, model_kind, model_output, model_ref, scored_target, stage0, trace,
-    trace_with_tokens, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
+    lap, load_candidate, load_suites, model_kind, model_output, model_ref, scored_target, stage0, stopped_by_audit,
+    trace, trace_with_tokens, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
 };
 use crate::audit::LockFile;
 use crate::runtime::device::dtype_name;
@@ -117,10 +117,7 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
     let (section, audit_stage) = audit_section(cfg, &audit_result, &mut cand_ref, Some(audit_note));
     let mut record = base_record(cfg, &suites, cand_ref.clone(), baseline_ref(dir, m));
     if let Some(reason) = audit_stop_reason(cfg, &audit_result) {
-        record.stages = rec::Stages::not_run(&reason);
-        record.stages.audit = audit_stage;
-        record.audit = section;
-        return finish(cfg, record, timing, t0);
+        return finish(cfg, stopped_by_audit(record, &reason, section, audit_stage), timing, t0);
     }
 
     let t = Instant::now();
