@@ -145,22 +145,8 @@ fn tokenizer_encodes_like_google_tokenizer_json() {
     let mut their_vocab = theirs.get_vocab(true);
     assert_eq!(their_vocab.remove("<image_soft_token>"), Some(262144));
     assert_eq!(ours.get_vocab(true), their_vocab);
-    let mut lossy = 0;
-    for s in gguf_util::corpus() {
-        for special in [true, false] {
-            let a = ours.encode(s.as_str(), special).unwrap();
-            let b = theirs.encode(s.as_str(), special).unwrap();
-            assert_eq!(a.get_ids(), b.get_ids(), "{s:?} (add_special_tokens={special})");
-        }
-        let ids = ours.encode(s.as_str(), false).unwrap().get_ids().to_vec();
-        let back = ours.decode(&ids, false).unwrap();
-        assert_eq!(back, theirs.decode(&ids, false).unwrap(), "{s:?}");
-        if back != s {
-            lossy += 1;
-        }
-    }
     // gemma has no prefix space: every string decodes back to itself.
-    assert_eq!(lossy, 0);
+    assert_eq!(gguf_util::compare_tokenizers(ours, &theirs), Vec::<String>::new());
     // Whitespace runs and markup are user-defined pieces in gemma's SentencePiece model; llama.cpp stores the space
     // runs with real spaces, which must not leak into the encodings.
     for s in ["a  b", "x    y", "  indented", "\n\n\ttabs", "<table><tr><td>1</td></tr></table>", "<start_of_turn>user\nhi<end_of_turn>"] {

@@ -72,20 +72,7 @@ fn tokenizer_matches_transformers_tokenizer_json() {
     assert_eq!(ours.get_vocab(true), theirs.get_vocab(true));
     let corpus = gguf_util::corpus();
     assert!(corpus.len() >= 300);
-    let mut lossy = Vec::new();
-    for s in &corpus {
-        for special in [true, false] {
-            let a = ours.encode(s.as_str(), special).unwrap();
-            let b = theirs.encode(s.as_str(), special).unwrap();
-            assert_eq!(a.get_ids(), b.get_ids(), "{s:?} (add_special_tokens={special})");
-        }
-        let ids = ours.encode(s.as_str(), false).unwrap().get_ids().to_vec();
-        let back = ours.decode(&ids, false).unwrap();
-        assert_eq!(back, theirs.decode(&ids, false).unwrap(), "{s:?}");
-        if &back != s {
-            lossy.push(s.clone());
-        }
-    }
+    let lossy = gguf_util::compare_tokenizers(ours, &theirs);
     // Decoding undoes encoding except where SentencePiece's prefix space meets a leading space: the Metaspace
     // pre-tokenizer does not add `▁` before a string that already starts with one, and the decoder strips one space,
     // so " x" decodes as "x". transformers' tokenizer.json behaves identically (asserted above); anything else is a bug.

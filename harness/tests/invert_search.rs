@@ -12,7 +12,7 @@ use trapdoor::gate::policy::TriggerSearchStage;
 use trapdoor::invert::search::{rows, soft_loss, GcgParams, Pair};
 use trapdoor::invert::{prompts, score, search, PromptGroup, SearchParams};
 use trapdoor::runtime::{LoadOptions, Model};
-use trapdoor_reports::record::{Position, TriggerSearch};
+use trapdoor_reports::record::{Position, SearchCoverage, TriggerSearch};
 
 fn zoo(name: &str) -> String {
     common::fixtures()
@@ -128,6 +128,11 @@ fn tiny_params(budget_seconds: u64) -> SearchParams {
     p
 }
 
+/// One of the coverage's not-searched lines contains `needle`.
+fn assert_not_searched(c: &SearchCoverage, needle: &str) {
+    assert!(c.not_searched.iter().any(|n| n.contains(needle)), "`{needle}` not in {:?}", c.not_searched);
+}
+
 #[test]
 fn search_is_deterministic_and_fills_the_record() {
     let (cand, base) = models();
@@ -166,11 +171,7 @@ fn search_is_deterministic_and_fills_the_record() {
     assert_eq!(c.targets.len(), 2);
     assert!(c.steps > 0);
     assert!(c.statement.contains("stopped by the step budget"), "{}", c.statement);
-    assert!(
-        c.not_searched.iter().any(|n| n.contains("longer than 2 tokens")),
-        "{:?}",
-        c.not_searched
-    );
+    assert_not_searched(c, "longer than 2 tokens");
 }
 
 #[test]
@@ -182,11 +183,7 @@ fn the_time_cap_stops_the_search_and_the_coverage_says_so() {
     assert!(out.record.triggers.is_empty());
     let c = &out.record.coverage;
     assert!(c.statement.contains("stopped by the wall-clock safety cap"), "{}", c.statement);
-    assert!(
-        c.not_searched.iter().any(|n| n.contains("1 of 1 selected targets")),
-        "{:?}",
-        c.not_searched
-    );
+    assert_not_searched(c, "1 of 1 selected targets");
 }
 
 #[test]
@@ -207,58 +204,28 @@ fn a_baseline_with_another_embedding_space_is_refused() {
     assert!(e.contains("do not share an embedding space"), "{e}");
 }
 
+/// `trapdoor invert` with the stories base as candidate and baseline, then `extra`.
+fn invert_base(extra: &[&str]) -> std::process::Output {
+    let base = zoo("stories-base");
+    let args = ["invert", "--candidate", &base, "--baseline", &base];
+    Command::new(common::trapdoor_bin()).args(args).args(extra).output().unwrap()
+}
+
 #[test]
 fn cli_rejects_bad_flags_with_exit_2() {
-    let out = Command::new(common::trapdoor_bin())
-        .args([
-            "invert",
-            "--candidate",
-            &zoo("stories-base"),
-            "--baseline",
-            &zoo("stories-base"),
-            "--prompts",
-            "/nonexistent/p.txt",
-        ])
-        .output()
-        .unwrap();
+    let out = invert_base(&["--prompts", "/nonexistent/p.txt"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--prompts") && err.lines().count() == 1, "{err}");
-    let out = Command::new(common::trapdoor_bin())
-        .args([
-            "invert",
-            "--candidate",
-            &zoo("stories-base"),
-            "--baseline",
-            &zoo("stories-base"),
-            "--max-steps",
-            "0",
-        ])
-        .output()
-        .unwrap();
+    let out = invert_base(&["--max-steps", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-steps"));
 }
 
 #[test]
 fn cli_prints_the_section_as_json() {
-    let out = Command::new(common::trapdoor_bin())
-        .args([
-            "invert",
-            "--candidate",
-            &zoo("stories-base"),
-            "--adapter",
-            &zoo("stories-clean-lora-adapter"),
-            "--baseline",
-            &zoo("stories-base"),
-            "--budget-seconds",
-            "1",
-            "--max-targets",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let adapter = zoo("stories-clean-lora-adapter");
+    let out = invert_base(&["--adapter", &adapter, "--budget-seconds", "1", "--max-targets", "1", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let r: TriggerSearch = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r.coverage.budget_seconds, Some(1));
@@ -296,11 +263,7 @@ fn prompt_groups_become_domains_searched_and_verified_on_their_own_prompts() {
     // With room for one domain only, the coverage names what was left out.
     p.domain_inversions = 1;
     let out = search(cand, Some(base), &groups, &[], &p, 3, false).unwrap();
-    assert!(
-        out.record.coverage.not_searched.iter().any(|n| n.contains("other than the 1 the baseline models best (of 2 groups")),
-        "{:?}",
-        out.record.coverage.not_searched
-    );
+    assert_not_searched(&out.record.coverage, "other than the 1 the baseline models best (of 2 groups");
     // One group is never split into domains.
     let out = search(cand, Some(base), &[PromptGroup::new("all", all)], &[], &p, 3, false).unwrap();
     assert!(out.record.triggers.iter().all(|t| t.prompts.is_none()));

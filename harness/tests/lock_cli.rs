@@ -65,50 +65,68 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Writable copies of a backdoored candidate and its base in `dir`, each locked.
+struct LockedPair {
+    cand: PathBuf,
+    base: PathBuf,
+    cand_lock: PathBuf,
+    base_lock: PathBuf,
+}
+
+fn locked_pair(dir: &Path) -> LockedPair {
+    let (cand, base) = (dir.join("cand"), dir.join("base"));
+    copy_model(&zoo("stories-bd-word"), &cand);
+    copy_model(&zoo("stories-base"), &base);
+    let (cand_lock, base_lock) = (dir.join("cand.lock"), dir.join("base.lock"));
+    lock(&cand, None, &cand_lock);
+    lock(&base, None, &base_lock);
+    LockedPair { cand, base, cand_lock, base_lock }
+}
+
+/// A command line: `head` then `extra`.
+fn command(head: &[&str], extra: &[&str]) -> Vec<String> {
+    head.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
+/// Truncates the baseline's weights, then the candidate's, and checks at each step that a lock is verified before
+/// any model is loaded: the lock's mismatch is reported, not the loader's error (which is what comes without locks).
+fn locks_are_verified_before_loading(p: &LockedPair, run: impl Fn(&[&str]) -> Vec<String>) {
+    let both = ["--lock", s(&p.cand_lock), "--baseline-lock", s(&p.base_lock)];
+    truncate(&p.base.join("model.safetensors"));
+    let load_err = fails(&run(&[]), &["model.safetensors"]);
+    assert!(!load_err.contains("lock"), "{load_err}");
+    fails(&run(&both), &["--baseline-lock", "base.lock", "changed model.safetensors"]);
+
+    // The candidate's lock fails first (checked before anything is loaded).
+    truncate(&p.cand.join("model.safetensors"));
+    fails(&run(&both), &["--lock", "cand.lock", "changed model.safetensors"]);
+}
+
 #[test]
 fn diff_verifies_both_models_before_loading_either() {
     let d = tempfile::tempdir().unwrap();
-    let (cand, base) = (d.path().join("cand"), d.path().join("base"));
-    copy_model(&zoo("stories-bd-word"), &cand);
-    copy_model(&zoo("stories-base"), &base);
-    let (cl, bl) = (d.path().join("cand.lock"), d.path().join("base.lock"));
-    lock(&cand, None, &cl);
-    lock(&base, None, &bl);
-    let diff = |extra: &[&str]| -> Vec<String> {
-        let mut a = vec!["diff", "--candidate", s(&cand), "--baseline", s(&base), "--top", "1"];
-        a.extend_from_slice(extra);
-        a.into_iter().map(String::from).collect()
-    };
+    let p = locked_pair(d.path());
+    let (cl, bl) = (&p.cand_lock, &p.base_lock);
+    let diff =
+        |extra: &[&str]| command(&["diff", "--candidate", s(&p.cand), "--baseline", s(&p.base), "--top", "1"], extra);
 
     // Good locks pass, each on its own and together.
-    ok(&diff(&["--lock", s(&cl)]));
-    ok(&diff(&["--lock", s(&cl), "--baseline-lock", s(&bl)]));
+    ok(&diff(&["--lock", s(cl)]));
+    ok(&diff(&["--lock", s(cl), "--baseline-lock", s(bl)]));
 
     // Locks swapped: the candidate's weights are not the baseline's.
-    fails(&diff(&["--lock", s(&bl)]), &["--lock", "does not match the lock", "changed model.safetensors"]);
-    fails(&diff(&["--baseline-lock", s(&cl)]), &["--baseline-lock", "changed model.safetensors"]);
+    fails(&diff(&["--lock", s(bl)]), &["--lock", "does not match the lock", "changed model.safetensors"]);
+    fails(&diff(&["--baseline-lock", s(cl)]), &["--baseline-lock", "changed model.safetensors"]);
 
     // A lock edited by hand (one digest changed) is refused as a lock, not taken as a mismatch.
-    let text = std::fs::read_to_string(&cl).unwrap();
+    let text = std::fs::read_to_string(cl).unwrap();
     let at = text.find("\"sha256\": \"").unwrap() + 11;
     let flipped = if &text[at..at + 1] == "0" { "1" } else { "0" };
     let edited = d.path().join("edited.lock");
     std::fs::write(&edited, format!("{}{flipped}{}", &text[..at], &text[at + 1..])).unwrap();
     fails(&diff(&["--lock", s(&edited)]), &["--lock", "edited.lock", "the lock was edited"]);
 
-    // Truncated baseline weights: without a lock the loader refuses them with its own error…
-    truncate(&base.join("model.safetensors"));
-    let load_err = fails(&diff(&[]), &["model.safetensors"]);
-    assert!(!load_err.contains("lock"), "{load_err}");
-    // …with the baseline's lock, the lock mismatch is reported instead of the loader's error.
-    fails(
-        &diff(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
-        &["--baseline-lock", "base.lock", "changed model.safetensors"],
-    );
-
-    // Truncated candidate weights: the candidate's lock fails first (checked before anything is loaded).
-    truncate(&cand.join("model.safetensors"));
-    fails(&diff(&["--lock", s(&cl), "--baseline-lock", s(&bl)]), &["--lock", "cand.lock", "changed model.safetensors"]);
+    locks_are_verified_before_loading(&p, diff);
 }
 
 #[test]
@@ -138,55 +156,29 @@ fn diff_locks_an_adapter_with_its_base_and_alone() {
 #[test]
 fn invert_verifies_both_models_before_loading_either() {
     let d = tempfile::tempdir().unwrap();
-    let (cand, base) = (d.path().join("cand"), d.path().join("base"));
-    copy_model(&zoo("stories-bd-word"), &cand);
-    copy_model(&zoo("stories-base"), &base);
-    let (cl, bl) = (d.path().join("cand.lock"), d.path().join("base.lock"));
-    lock(&cand, None, &cl);
-    lock(&base, None, &bl);
-    let invert = |extra: &[&str]| -> Vec<String> {
-        let mut a = vec!["invert", "--candidate", s(&cand), "--baseline", s(&base), "--json"];
+    let p = locked_pair(d.path());
+    let invert = |extra: &[&str]| {
+        let mut a = vec!["invert", "--candidate", s(&p.cand), "--baseline", s(&p.base), "--json"];
         a.extend(["--budget-seconds", "1", "--max-steps", "1", "--restarts", "1", "--max-targets", "1"]);
         a.extend(["--gcg-steps", "1"]);
-        a.extend_from_slice(extra);
-        a.into_iter().map(String::from).collect()
+        command(&a, extra)
     };
 
-    ok(&invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]));
-    fails(&invert(&["--lock", s(&bl)]), &["--lock", "changed model.safetensors"]);
+    ok(&invert(&["--lock", s(&p.cand_lock), "--baseline-lock", s(&p.base_lock)]));
+    fails(&invert(&["--lock", s(&p.base_lock)]), &["--lock", "changed model.safetensors"]);
 
-    truncate(&base.join("model.safetensors"));
-    let load_err = fails(&invert(&[]), &["model.safetensors"]);
-    assert!(!load_err.contains("lock"), "{load_err}");
-    fails(
-        &invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
-        &["--baseline-lock", "base.lock", "changed model.safetensors"],
-    );
-
-    truncate(&cand.join("model.safetensors"));
-    fails(
-        &invert(&["--lock", s(&cl), "--baseline-lock", s(&bl)]),
-        &["--lock", "cand.lock", "changed model.safetensors"],
-    );
+    locks_are_verified_before_loading(&p, invert);
 }
 
 #[test]
 fn scan_verifies_the_baseline_lock_before_anything_loads() {
     let d = tempfile::tempdir().unwrap();
-    let (cand, base) = (d.path().join("cand"), d.path().join("base"));
-    copy_model(&zoo("stories-bd-word"), &cand);
-    copy_model(&zoo("stories-base"), &base);
-    let (cl, bl) = (d.path().join("cand.lock"), d.path().join("base.lock"));
-    lock(&cand, None, &cl);
-    lock(&base, None, &bl);
+    let LockedPair { cand, base, cand_lock: cl, base_lock: bl } = locked_pair(d.path());
     // Truncated candidate weights keep every run cheap: the audit stops the scan before loading either model.
     truncate(&cand.join("model.safetensors"));
     let out = d.path().join("out");
-    let scan = |extra: &[&str]| -> Vec<String> {
-        let mut a = vec!["scan", "--candidate", s(&cand), "--baseline", s(&base), "--out", s(&out)];
-        a.extend_from_slice(extra);
-        a.into_iter().map(String::from).collect()
-    };
+    let scan =
+        |extra: &[&str]| command(&["scan", "--candidate", s(&cand), "--baseline", s(&base), "--out", s(&out)], extra);
     // The right lock changes nothing: same exit code and no lock message as without it.
     let plain = trapdoor(&scan(&[]));
     let locked = trapdoor(&scan(&["--baseline-lock", s(&bl)]));

@@ -304,6 +304,25 @@ fn unknown_fields_are_errors_with_path() {
     );
 }
 
+/// Every kind's unknown-field error lists the kind's fields in the schema's order (the kinds share their common
+/// fields through one declaration; this pins what that declaration produces).
+#[test]
+fn unknown_probe_fields_list_the_kinds_fields_in_order() {
+    let head = "kind, id, description, prompts, prompt_sets";
+    let tail = "targets, detectors, generation";
+    for (kind, own) in [
+        ("trigger", "triggers, positions, seed, "),
+        ("safety", ""),
+        ("insecure_code", ""),
+        ("extraction", "canaries, "),
+        ("drift", ""),
+    ] {
+        let e = err(&format!("probes:\n  - kind: {kind}\n    id: p\n    promts: [x]\n"));
+        let want = format!("unknown field `promts`, expected one of {head}, {own}{tail}");
+        assert!(e.contains(&want), "{kind}: expected {want:?} in: {e}");
+    }
+}
+
 #[test]
 fn wrong_types_are_errors_with_path() {
     assert_err("seed: lots\nprobes: []\n", 4, "seed", "");

@@ -427,14 +427,19 @@ pub struct AuditSection {
 // Probes and cases
 // ---------------------------------------------------------------------------------------------------------------
 
-/// The closed set of probe kinds (one module each in the probes crate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// The closed set of probe kinds (one module each in the probes crate, which re-exports this type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeKind {
+    /// Prompt set × trigger list × positions; every prompt also runs clean.
     Trigger,
+    /// Harmful requests: does the candidate still refuse?
     Safety,
+    /// Coding prompts: does the candidate write dangerous code?
     InsecureCode,
+    /// Prompts that try to pull training data: canaries and PII.
     Extraction,
+    /// Benign prompts: how far did the candidate move overall?
     Drift,
 }
 
@@ -454,6 +459,12 @@ impl ProbeKind {
 
     pub fn parse(s: &str) -> Option<ProbeKind> {
         ProbeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -489,8 +500,8 @@ pub struct ProbeInfo {
     pub error: Option<String>,
 }
 
-/// Where a trigger was inserted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Where a trigger goes in a prompt (the probes crate re-exports this type; its `trigger` module inserts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     Prefix,
@@ -499,12 +510,20 @@ pub enum Position {
 }
 
 impl Position {
+    pub const ALL: [Position; 3] = [Position::Prefix, Position::Suffix, Position::RandomWord];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Position::Prefix => "prefix",
             Position::Suffix => "suffix",
             Position::RandomWord => "random_word",
         }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -290,10 +290,7 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
     let suites = load_suites(&cfg.suites)?;
     lap(&mut timing, "suites", t0);
 
-    let mut cand_files = ModelFiles::resolve(&cfg.candidate)?;
-    if let Some(a) = &cfg.adapter {
-        cand_files = cand_files.with_adapter(a)?;
-    }
+    let cand_files = candidate_files(cfg)?;
     let base_files = ModelFiles::resolve(&cfg.baseline)?;
     if let Some(p) = &cfg.baseline_lock {
         audit::integrity::check_lock(&base_files, p).map_err(|e| ScanError::BaselineLock(Box::new(e)))?;
@@ -310,79 +307,22 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
 
     // Stage 0.
     let t = Instant::now();
-    let mut prompts: Vec<String> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for s in &suites {
-        for p in &s.suite.probes {
-            for pr in &p.prompts {
-                if seen.insert(pr.text.clone()) {
-                    prompts.push(pr.text.clone());
-                }
-            }
-        }
-    }
-    let stop_on = cfg.policy.policy.stages.audit.stop_on;
-    let opts = AuditOptions { fail_on: stop_on, full_scan: true, lock, prompts, extra_allowed: Vec::new() };
-    let audit_result = audit::stage0(&cand_files, Some(&base_files), &opts);
+    let audit_result = stage0(cfg, &suites, &cand_files, Some(&base_files), lock);
     lap(&mut timing, "audit", t);
 
     let mut cand_ref = ModelRef::new(&cfg.candidate, model_kind(&cand_files));
     cand_ref.revision = cand_files.revision.clone();
     let mut base_ref = ModelRef::new(&cfg.baseline, model_kind(&base_files));
     base_ref.revision = base_files.revision.clone();
-    let (section, audit_stage) = match &audit_result {
-        Ok(report) => {
-            let mut files = Vec::new();
-            let mut adapter_files = Vec::new();
-            for f in &report.files {
-                match f.path.strip_prefix("adapter/") {
-                    Some(rest) => {
-                        adapter_files.push(FileRef { path: rest.into(), sha256: f.sha256.clone(), bytes: f.bytes })
-                    }
-                    None => files.push(FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes }),
-                }
-            }
-            cand_ref.files = files;
-            cand_ref.root_digest = Some(report.root_digest.clone());
-            if let Some(a) = &cfg.adapter {
-                cand_ref.adapter = Some(AdapterRef {
-                    spec: a.display().to_string(),
-                    files: adapter_files,
-                    root_digest: None,
-                    base_model: None,
-                    rank: None,
-                    alpha: None,
-                    target_modules: Vec::new(),
-                });
-            }
-            (AuditSection { passed: Some(report.passed), findings: report.findings.clone() }, StageStatus::ran())
-        }
-        Err(e) => (AuditSection { passed: None, findings: Vec::new() }, StageStatus::error(e.to_string())),
-    };
+    let (section, audit_stage) = audit_section(cfg, &audit_result, &mut cand_ref, None);
 
-    let stop_reason = match (&audit_result, &section.passed) {
-        (Err(e), _) => Some(format!("the audit could not complete ({e}); no weights were loaded")),
-        (Ok(_), Some(false)) => Some(format!(
-            "the audit found a problem at or above `{}` (policy stages.audit.stop_on); no weights were loaded",
-            stop_on.as_str()
-        )),
-        _ => None,
-    };
-    if let Some(reason) = stop_reason {
-        let mut record = RunRecord::new(cand_ref, base_ref, cfg.policy.policy_ref(), settings(cfg));
-        record.command = cfg.command.clone();
-        record.stages = rec::Stages::not_run(&reason);
-        record.stages.audit = audit_stage;
-        record.audit = section;
-        record.suites = suites.iter().map(suite_ref).collect();
-        record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
+    if let Some(reason) = audit_stop_reason(cfg, &audit_result) {
+        let record = stopped_by_audit(base_record(cfg, &suites, cand_ref, base_ref), &reason, section, audit_stage);
         return finish(cfg, record, timing, t0);
     }
 
     let t = Instant::now();
-    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?).map_err(|source| {
-        ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source: Box::new(source) }
-    })?;
+    let candidate = load_candidate(cfg)?;
     let baseline = Model::load(&cfg.baseline, &cfg.load_options(None)?).map_err(|source| ScanError::Load {
         which: "baseline",
         spec: cfg.baseline.clone(),
@@ -391,12 +331,7 @@ pub fn run_scan(cfg: &ScanConfig) -> Result<ScanResult, ScanError> {
     lap(&mut timing, "load", t);
 
     let mut record = scan_record(cfg, &suites, &candidate, &baseline, section, &mut timing)?;
-    // The audit pinned the candidate's files relative to its root and computed the root digest: keep those.
-    record.candidate.files = cand_ref.files;
-    record.candidate.root_digest = cand_ref.root_digest;
-    if let (Some(a), Some(b)) = (record.candidate.adapter.as_mut(), cand_ref.adapter) {
-        a.files = b.files;
-    }
+    keep_audited_files(&mut record.candidate, cand_ref);
     record.stages.audit = audit_stage;
     finish(cfg, record, timing, t0)
 }
@@ -419,6 +354,127 @@ pub fn scan_loaded(
     record.stages.audit =
         if ran { StageStatus::ran() } else { StageStatus::skipped("the caller did not audit the files") };
     finish(cfg, record, timing, t0)
+}
+
+/// The candidate's files, with its adapter's when there is one.
+fn candidate_files(cfg: &ScanConfig) -> Result<ModelFiles, ScanError> {
+    let files = ModelFiles::resolve(&cfg.candidate)?;
+    Ok(match &cfg.adapter {
+        Some(a) => files.with_adapter(a)?,
+        None => files,
+    })
+}
+
+/// Stage 0 of the candidate (against the baseline's files when there are some), with every distinct suite prompt in
+/// suite order, failing at the policy's `stages.audit.stop_on`.
+fn stage0(
+    cfg: &ScanConfig,
+    suites: &[LoadedSuite],
+    candidate: &ModelFiles,
+    baseline: Option<&ModelFiles>,
+    lock: Option<LockFile>,
+) -> Result<audit::AuditReport, audit::AuditError> {
+    let mut prompts: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in suites {
+        for p in &s.suite.probes {
+            for pr in &p.prompts {
+                if seen.insert(pr.text.clone()) {
+                    prompts.push(pr.text.clone());
+                }
+            }
+        }
+    }
+    let fail_on = cfg.policy.policy.stages.audit.stop_on;
+    let opts = AuditOptions { fail_on, full_scan: true, lock, prompts, extra_allowed: Vec::new() };
+    audit::stage0(candidate, baseline, &opts)
+}
+
+/// The record's audit section and stage status (with `note` when it ran). The audit pins the candidate's files
+/// relative to its root (the adapter's apart) and its root digest: they go into `cand_ref`.
+fn audit_section(
+    cfg: &ScanConfig,
+    result: &Result<audit::AuditReport, audit::AuditError>,
+    cand_ref: &mut ModelRef,
+    note: Option<&str>,
+) -> (AuditSection, StageStatus) {
+    match result {
+        Ok(report) => {
+            let mut files = Vec::new();
+            let mut adapter_files = Vec::new();
+            for f in &report.files {
+                let r = FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes };
+                match f.path.strip_prefix("adapter/") {
+                    Some(rest) => adapter_files.push(FileRef { path: rest.into(), ..r }),
+                    None => files.push(r),
+                }
+            }
+            cand_ref.files = files;
+            cand_ref.root_digest = Some(report.root_digest.clone());
+            if let Some(a) = &cfg.adapter {
+                cand_ref.adapter = Some(AdapterRef {
+                    spec: a.display().to_string(),
+                    files: adapter_files,
+                    root_digest: None,
+                    base_model: None,
+                    rank: None,
+                    alpha: None,
+                    target_modules: Vec::new(),
+                });
+            }
+            let status = StageStatus::Ran { note: note.map(str::to_string) };
+            (AuditSection { passed: Some(report.passed), findings: report.findings.clone() }, status)
+        }
+        Err(e) => (AuditSection { passed: None, findings: Vec::new() }, StageStatus::error(e.to_string())),
+    }
+}
+
+/// Why the scan stops after the audit, before any weights load: the audit failed or found a problem at or above the
+/// policy's `stages.audit.stop_on`.
+fn audit_stop_reason(cfg: &ScanConfig, result: &Result<audit::AuditReport, audit::AuditError>) -> Option<String> {
+    match result {
+        Err(e) => Some(format!("the audit could not complete ({e}); no weights were loaded")),
+        Ok(report) if !report.passed => Some(format!(
+            "the audit found a problem at or above `{}` (policy stages.audit.stop_on); no weights were loaded",
+            cfg.policy.policy.stages.audit.stop_on.as_str()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// A record with what is known before any model loads: the models, policy, settings, command, suites and probes.
+fn base_record(cfg: &ScanConfig, suites: &[LoadedSuite], candidate: ModelRef, baseline: ModelRef) -> RunRecord {
+    let mut record = RunRecord::new(candidate, baseline, cfg.policy.policy_ref(), settings(cfg));
+    record.command = cfg.command.clone();
+    record.suites = suites.iter().map(suite_ref).collect();
+    record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
+    record
+}
+
+/// The record of a scan the audit stopped (for `reason`): the audit's section and status, no later stage run.
+fn stopped_by_audit(mut record: RunRecord, reason: &str, section: AuditSection, audit: StageStatus) -> RunRecord {
+    record.stages = rec::Stages::not_run(reason);
+    record.stages.audit = audit;
+    record.audit = section;
+    record
+}
+
+fn load_candidate(cfg: &ScanConfig) -> Result<Model, ScanError> {
+    Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?).map_err(|source| ScanError::Load {
+        which: "candidate",
+        spec: cfg.candidate.clone(),
+        source: Box::new(source),
+    })
+}
+
+/// Keeps in a loaded model's ref what the audit pinned: the files relative to the root, the root digest and the
+/// adapter's files.
+fn keep_audited_files(loaded: &mut ModelRef, audited: ModelRef) {
+    loaded.files = audited.files;
+    loaded.root_digest = audited.root_digest;
+    if let (Some(a), Some(b)) = (loaded.adapter.as_mut(), audited.adapter) {
+        a.files = b.files;
+    }
 }
 
 fn lap(timing: &mut Timing, stage: &str, since: Instant) {
@@ -503,24 +559,6 @@ fn suite_ref(s: &LoadedSuite) -> SuiteRef {
     }
 }
 
-fn record_kind(k: trapdoor_probes::ProbeKind) -> rec::ProbeKind {
-    match k {
-        trapdoor_probes::ProbeKind::Trigger => rec::ProbeKind::Trigger,
-        trapdoor_probes::ProbeKind::Safety => rec::ProbeKind::Safety,
-        trapdoor_probes::ProbeKind::InsecureCode => rec::ProbeKind::InsecureCode,
-        trapdoor_probes::ProbeKind::Extraction => rec::ProbeKind::Extraction,
-        trapdoor_probes::ProbeKind::Drift => rec::ProbeKind::Drift,
-    }
-}
-
-fn record_position(p: trapdoor_probes::Position) -> rec::Position {
-    match p {
-        trapdoor_probes::Position::Prefix => rec::Position::Prefix,
-        trapdoor_probes::Position::Suffix => rec::Position::Suffix,
-        trapdoor_probes::Position::RandomWord => rec::Position::RandomWord,
-    }
-}
-
 /// The record's detector kind (the metric registry's name) of a probes-crate detector kind.
 fn detector_kind(k: trapdoor_probes::DetectorKind) -> &'static str {
     match k {
@@ -556,7 +594,7 @@ fn probe_infos(s: &Suite) -> Vec<rec::ProbeInfo> {
             rec::ProbeInfo {
                 suite: s.name.clone(),
                 probe: p.id.clone(),
-                kind: record_kind(p.kind),
+                kind: p.kind,
                 description: p.description.clone(),
                 triggers: p
                     .triggers
@@ -871,6 +909,46 @@ fn trace(s: &Scored) -> DivergenceTrace {
     }
 }
 
+/// [`trace`] with each position's text along `cont`, as the difference of successive prefix decodes, so byte-level
+/// and multi-token characters come out whole where they end (reports show per-token divergence on it).
+fn trace_with_tokens(
+    s: &Scored,
+    cont: &[u32],
+    decode: &impl Fn(&[u32]) -> Result<String, ScanError>,
+) -> Result<DivergenceTrace, ScanError> {
+    let mut t = trace(s);
+    if let Some(pt) = t.per_token.as_mut() {
+        if pt.js.len() == cont.len() {
+            let mut prev = String::new();
+            for i in 1..=cont.len() {
+                let cur = decode(&cont[..i])?;
+                let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
+                pt.tokens.push(piece);
+                prev = cur;
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// One model's output for a case: the continuation's text and ids, the case's detector hits on the text, the target
+/// scores, and whether generation stopped at an end-of-sequence token (one of `eos`) or at the token cap.
+fn model_output(c: &Case, text: String, cont: &[u32], eos: &[u32], targets: Vec<TargetScore>) -> ModelOutput {
+    let hits = c
+        .detect(&text)
+        .into_iter()
+        .map(|h| DetectorHit {
+            detector: detector_kind(h.kind).to_string(),
+            rule: Some(h.rule),
+            start: h.start as u32,
+            end: h.end as u32,
+            matched: h.matched,
+        })
+        .collect();
+    let stop = if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
+    ModelOutput { text, token_ids: cont.to_vec(), stop, hits, targets, metrics: BTreeMap::new() }
+}
+
 pub(crate) fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {
@@ -913,16 +991,8 @@ fn scan_record(
             cfg.candidate, cfg.baseline
         )));
     }
-    let mut record = RunRecord::new(
-        model_ref(&cfg.candidate, candidate),
-        model_ref(&cfg.baseline, baseline),
-        cfg.policy.policy_ref(),
-        settings(cfg),
-    );
-    record.command = cfg.command.clone();
-    record.stages = rec::Stages::not_run("not run");
-    record.suites = suites.iter().map(suite_ref).collect();
-    record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
+    let mut record =
+        base_record(cfg, suites, model_ref(&cfg.candidate, candidate), model_ref(&cfg.baseline, baseline));
 
     if !same_vocabulary(candidate, baseline)? {
         let reported: Vec<&rec::Finding> =
@@ -1064,18 +1134,6 @@ fn scan_record(
         let k = distinct[&(ids.clone(), *n)];
         let mut outputs = Vec::new();
         for (cont, eos, side) in [(&gen_c[k], &eos_c, rec::Side::Candidate), (&gen_b[k], &eos_b, rec::Side::Baseline)] {
-            let text = decode(cont)?;
-            let hits = c
-                .detect(&text)
-                .into_iter()
-                .map(|h| DetectorHit {
-                    detector: detector_kind(h.kind).to_string(),
-                    rule: Some(h.rule),
-                    start: h.start as u32,
-                    end: h.end as u32,
-                    matched: h.matched,
-                })
-                .collect();
             let targets = c
                 .targets
                 .iter()
@@ -1094,9 +1152,7 @@ fn scan_record(
                     })
                 })
                 .collect();
-            let stop =
-                if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
-            outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
+            outputs.push(model_output(c, decode(cont)?, cont, eos, targets));
         }
         let along = |cont: &Vec<u32>| -> Result<DivergenceTrace, ScanError> {
             let s = if cont.is_empty() {
@@ -1104,21 +1160,7 @@ fn scan_record(
             } else {
                 jobs.get(&job_of(ids, cont)).and_then(|s| s.as_ref()).unwrap_or(&empty)
             };
-            let mut t = trace(s);
-            // Each position's text, as the difference of successive prefix decodes, so byte-level and
-            // multi-token characters come out whole where they end (reports show per-token divergence on it).
-            if let Some(pt) = t.per_token.as_mut() {
-                if pt.js.len() == cont.len() {
-                    let mut prev = String::new();
-                    for i in 1..=cont.len() {
-                        let cur = decode(&cont[..i])?;
-                        let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
-                        pt.tokens.push(piece);
-                        prev = cur;
-                    }
-                }
-            }
-            Ok(t)
+            trace_with_tokens(s, cont, &decode)
         };
         cr.divergence = Some(Divergence { along_candidate: along(&gen_c[k])?, along_baseline: along(&gen_b[k])? });
         let mut it = outputs.into_iter();
@@ -1201,7 +1243,7 @@ pub(crate) fn empty_case_result(c: &Case) -> CaseResult {
             rec::Variant::Triggered {
                 trigger_id: trigger_id.clone(),
                 trigger_text: trigger_text.clone(),
-                position: record_position(*position),
+                position: *position,
                 char_offset: *char_offset as u32,
             }
         }
@@ -1210,7 +1252,7 @@ pub(crate) fn empty_case_result(c: &Case) -> CaseResult {
         id: c.id.clone(),
         suite: c.suite.clone(),
         probe: c.probe_id.clone(),
-        kind: record_kind(c.probe_kind),
+        kind: c.probe_kind,
         prompt_index: c.prompt_index as u32,
         prompt: c.prompt.clone(),
         variant,

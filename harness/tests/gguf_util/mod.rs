@@ -247,6 +247,26 @@ pub fn tiny_llama() -> GgufWriter {
     w
 }
 
+/// Compares our tokenizer with a reference over [`corpus`]: the same ids with and without special tokens, and the
+/// same decoding of our ids. Returns the strings that do not decode back to themselves.
+pub fn compare_tokenizers(ours: &tokenizers::Tokenizer, theirs: &tokenizers::Tokenizer) -> Vec<String> {
+    let mut lossy = Vec::new();
+    for s in corpus() {
+        for special in [true, false] {
+            let a = ours.encode(s.as_str(), special).unwrap();
+            let b = theirs.encode(s.as_str(), special).unwrap();
+            assert_eq!(a.get_ids(), b.get_ids(), "{s:?} (add_special_tokens={special})");
+        }
+        let ids = ours.encode(s.as_str(), false).unwrap().get_ids().to_vec();
+        let back = ours.decode(&ids, false).unwrap();
+        assert_eq!(back, theirs.decode(&ids, false).unwrap(), "{s:?}");
+        if back != s {
+            lossy.push(s);
+        }
+    }
+    lossy
+}
+
 /// Strings for tokenizer comparisons: hand-picked hard cases plus seeded random mixtures.
 pub fn corpus() -> Vec<String> {
     let mut v: Vec<String> = [

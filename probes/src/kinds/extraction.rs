@@ -7,56 +7,15 @@
 
 use std::collections::BTreeSet;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{RawCommon, RawGeneration, RawTarget, Target, TargetRole, MAX_TARGET_BYTES};
-use crate::detectors::RawDetector;
+use super::{Target, TargetRole, MAX_TARGET_BYTES};
 use crate::validate::{at, check_text, Ctx};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawExtractionProbe {
-    #[allow(dead_code)]
-    kind: IgnoredAny,
-    id: Spanned<String>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    prompts: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    prompt_sets: Option<Spanned<Vec<Spanned<String>>>>,
+raw_probe!(RawExtractionProbe, RawExtractionExtra {
     #[serde(default)]
     canaries: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    targets: Option<Spanned<Vec<RawTarget>>>,
-    #[serde(default)]
-    detectors: Option<Spanned<Vec<Spanned<RawDetector>>>>,
-    #[serde(default)]
-    generation: Option<RawGeneration>,
-}
-
-pub(crate) struct RawExtractionExtra {
-    canaries: Option<Spanned<Vec<Spanned<String>>>>,
-}
-
-impl RawExtractionProbe {
-    pub(crate) fn split(self) -> (RawCommon, RawExtractionExtra) {
-        (
-            RawCommon {
-                id: self.id,
-                description: self.description,
-                prompts: self.prompts,
-                prompt_sets: self.prompt_sets,
-                targets: self.targets,
-                detectors: self.detectors,
-                generation: self.generation,
-            },
-            RawExtractionExtra { canaries: self.canaries },
-        )
-    }
-}
+});
 
 pub(crate) fn validate(ctx: &mut Ctx, e: RawExtractionExtra, path: &str) -> Vec<String> {
     let Some(list) = e.canaries else { return Vec::new() };

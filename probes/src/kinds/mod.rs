@@ -4,6 +4,68 @@
 //! `targets`, `detectors` (the kind's defaults when absent) and optional `generation` settings. Only `trigger`
 //! probes create triggered variants; the other kinds compare candidate and baseline on the same clean prompts.
 
+/// Declares a kind's YAML struct (`$name`) and its `split` into [`RawCommon`] and, for kinds with fields of their own,
+/// the kind's part (`$extra`). The common fields are written once here; a kind's own fields stand between
+/// `prompt_sets` and `targets`, which is the order serde lists them in an unknown-field error. Each kind keeps its
+/// own struct (and name) because the kind read in pass 1 picks which one pass 2 streams into (see `crate::tagged`).
+macro_rules! raw_probe {
+    ($name:ident) => {
+        raw_probe!(@struct $name {});
+
+        impl $name {
+            pub(crate) fn split(self) -> $crate::kinds::RawCommon {
+                raw_probe!(@common self)
+            }
+        }
+    };
+    ($name:ident, $extra:ident { $($(#[$attr:meta])* $field:ident: $ty:ty,)+ }) => {
+        raw_probe!(@struct $name { $($(#[$attr])* $field: $ty,)+ });
+
+        pub(crate) struct $extra {
+            $($field: $ty,)+
+        }
+
+        impl $name {
+            pub(crate) fn split(self) -> ($crate::kinds::RawCommon, $extra) {
+                (raw_probe!(@common self), $extra { $($field: self.$field,)+ })
+            }
+        }
+    };
+    (@struct $name:ident { $($(#[$attr:meta])* $field:ident: $ty:ty,)* }) => {
+        #[derive(::serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct $name {
+            #[allow(dead_code)]
+            kind: ::serde::de::IgnoredAny,
+            id: ::serde_saphyr::Spanned<String>,
+            #[serde(default)]
+            description: Option<String>,
+            #[serde(default)]
+            prompts: Option<::serde_saphyr::Spanned<Vec<::serde_saphyr::Spanned<String>>>>,
+            #[serde(default)]
+            prompt_sets: Option<::serde_saphyr::Spanned<Vec<::serde_saphyr::Spanned<String>>>>,
+            $($(#[$attr])* $field: $ty,)*
+            #[serde(default)]
+            targets: Option<::serde_saphyr::Spanned<Vec<$crate::kinds::RawTarget>>>,
+            #[serde(default)]
+            detectors: Option<::serde_saphyr::Spanned<Vec<::serde_saphyr::Spanned<$crate::detectors::RawDetector>>>>,
+            #[serde(default)]
+            generation: Option<$crate::kinds::RawGeneration>,
+        }
+    };
+    (@common $raw:ident) => {
+        $crate::kinds::RawCommon {
+            id: $raw.id,
+            description: $raw.description,
+            prompts: $raw.prompts,
+            prompt_sets: $raw.prompt_sets,
+            targets: $raw.targets,
+            detectors: $raw.detectors,
+            generation: $raw.generation,
+        }
+    };
+}
+
 pub mod drift;
 pub mod extraction;
 pub mod insecure_code;
@@ -11,7 +73,6 @@ pub mod safety;
 pub mod trigger;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -23,6 +84,8 @@ use crate::detectors::{
 use crate::validate::{at, check_id, check_text, slug, Ctx};
 
 pub use trigger::{Position, Trigger};
+/// The closed set of probe kinds, defined once with the run record (the schema users read).
+pub use trapdoor_reports::record::ProbeKind;
 
 /// Longest prompt accepted, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 8 * 1024;
@@ -36,53 +99,12 @@ pub const DEFAULT_MAX_NEW_TOKENS: u32 = 32;
 /// survive Benjamini–Hochberg over a default run (see `suites/README.md`).
 pub const MIN_RECOMMENDED_PROMPTS: usize = 20;
 
-/// The closed set of probe kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeKind {
-    /// Prompt set × trigger list × positions; every prompt also runs clean.
-    Trigger,
-    /// Harmful requests: does the candidate still refuse?
-    Safety,
-    /// Coding prompts: does the candidate write dangerous code?
-    InsecureCode,
-    /// Prompts that try to pull training data: canaries and PII.
-    Extraction,
-    /// Benign prompts: how far did the candidate move overall?
-    Drift,
-}
-
-impl ProbeKind {
-    pub const ALL: [ProbeKind; 5] =
-        [ProbeKind::Trigger, ProbeKind::Safety, ProbeKind::InsecureCode, ProbeKind::Extraction, ProbeKind::Drift];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeKind::Trigger => "trigger",
-            ProbeKind::Safety => "safety",
-            ProbeKind::InsecureCode => "insecure_code",
-            ProbeKind::Extraction => "extraction",
-            ProbeKind::Drift => "drift",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<ProbeKind> {
-        ProbeKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// The role a target gets when the suite does not say.
-    pub fn default_target_role(self) -> TargetRole {
-        match self {
-            ProbeKind::Safety => TargetRole::Refusal,
-            ProbeKind::Extraction => TargetRole::Leak,
-            _ => TargetRole::Attack,
-        }
-    }
-}
-
-impl fmt::Display for ProbeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The role a target of a `kind` probe gets when the suite does not say.
+pub fn default_target_role(kind: ProbeKind) -> TargetRole {
+    match kind {
+        ProbeKind::Safety => TargetRole::Refusal,
+        ProbeKind::Extraction => TargetRole::Leak,
+        _ => TargetRole::Attack,
     }
 }
 
@@ -470,7 +492,7 @@ fn validate_targets(ctx: &mut Ctx, raw: Option<&Spanned<Vec<RawTarget>>>, kind: 
             ctx.error(at(&t.text), &format!("{p}.text"), "duplicate target text");
             continue;
         }
-        out.push(Target { id, text: t.text.value.clone(), role: t.role.unwrap_or(kind.default_target_role()) });
+        out.push(Target { id, text: t.text.value.clone(), role: t.role.unwrap_or(default_target_role(kind)) });
     }
     if raw.value.is_empty() {
         ctx.error(at(raw), &format!("{path}.targets"), "targets is empty (leave it out instead)");

@@ -6,48 +6,9 @@
 //! the same requests (refusal suppression, as in universal jailbreak backdoors) is what this kind catches; add a
 //! `trigger` probe over the same prompts to test a suspected jailbreak trigger.
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_saphyr::Spanned;
-
-use super::{RawCommon, RawGeneration, RawTarget};
-use crate::detectors::RawDetector;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawSafetyProbe {
-    #[allow(dead_code)]
-    kind: IgnoredAny,
-    id: Spanned<String>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    prompts: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    prompt_sets: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    targets: Option<Spanned<Vec<RawTarget>>>,
-    #[serde(default)]
-    detectors: Option<Spanned<Vec<Spanned<RawDetector>>>>,
-    #[serde(default)]
-    generation: Option<RawGeneration>,
-}
-
-impl RawSafetyProbe {
-    pub(crate) fn split(self) -> RawCommon {
-        RawCommon {
-            id: self.id,
-            description: self.description,
-            prompts: self.prompts,
-            prompt_sets: self.prompt_sets,
-            targets: self.targets,
-            detectors: self.detectors,
-            generation: self.generation,
-        }
-    }
-}
-
 use super::{Target, TargetRole};
+
+raw_probe!(RawSafetyProbe);
 
 /// Refusal openers measured when a safety probe declares no targets. No leading space: after a chat template's
 /// generation prompt the assistant's first word starts the text.

@@ -14,46 +14,20 @@ use std::collections::BTreeSet;
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{Location, Spanned};
 use sha2::{Digest, Sha256};
 
-use super::{Prompt, RawCommon, RawGeneration, RawTarget};
-use crate::detectors::RawDetector;
+use super::Prompt;
 use crate::validate::{at, check_id, check_text, slug, Ctx};
+
+/// One definition for the suite schema and the run record: the record is the schema users read.
+pub use trapdoor_reports::record::Position;
 
 /// Longest trigger text accepted, in bytes.
 pub const MAX_TRIGGER_BYTES: usize = 512;
 /// Most triggers in one probe.
 pub const MAX_TRIGGERS: usize = 1000;
-
-/// Where a trigger goes in a prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Position {
-    Prefix,
-    Suffix,
-    RandomWord,
-}
-
-impl Position {
-    pub const ALL: [Position; 3] = [Position::Prefix, Position::Suffix, Position::RandomWord];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Position::Prefix => "prefix",
-            Position::Suffix => "suffix",
-            Position::RandomWord => "random_word",
-        }
-    }
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A validated trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,30 +116,13 @@ pub fn insert(prompt: &str, trigger: &str, position: Position, seed: u64) -> Ins
 // ---------------------------------------------------------------------------------------------------------------
 // YAML form
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawTriggerProbe {
-    #[allow(dead_code)]
-    kind: IgnoredAny,
-    id: Spanned<String>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    prompts: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    prompt_sets: Option<Spanned<Vec<Spanned<String>>>>,
+raw_probe!(RawTriggerProbe, RawTriggerExtra {
     triggers: Spanned<Vec<RawTrigger>>,
     #[serde(default)]
     positions: Option<Spanned<Vec<Spanned<Position>>>>,
     #[serde(default)]
     seed: Option<Spanned<u64>>,
-    #[serde(default)]
-    targets: Option<Spanned<Vec<RawTarget>>>,
-    #[serde(default)]
-    detectors: Option<Spanned<Vec<Spanned<RawDetector>>>>,
-    #[serde(default)]
-    generation: Option<RawGeneration>,
-}
+});
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,29 +134,6 @@ pub(crate) struct RawTrigger {
     source: Option<String>,
     #[serde(default)]
     positions: Option<Spanned<Vec<Spanned<Position>>>>,
-}
-
-pub(crate) struct RawTriggerExtra {
-    triggers: Spanned<Vec<RawTrigger>>,
-    positions: Option<Spanned<Vec<Spanned<Position>>>>,
-    seed: Option<Spanned<u64>>,
-}
-
-impl RawTriggerProbe {
-    pub(crate) fn split(self) -> (RawCommon, RawTriggerExtra) {
-        (
-            RawCommon {
-                id: self.id,
-                description: self.description,
-                prompts: self.prompts,
-                prompt_sets: self.prompt_sets,
-                targets: self.targets,
-                detectors: self.detectors,
-                generation: self.generation,
-            },
-            RawTriggerExtra { triggers: self.triggers, positions: self.positions, seed: self.seed },
-        )
-    }
 }
 
 fn positions(ctx: &mut Ctx, raw: &Spanned<Vec<Spanned<Position>>>, path: &str) -> Vec<Position> {

@@ -23,15 +23,15 @@ use std::time::Instant;
 
 use trapdoor_probes::Case;
 use trapdoor_reports::record::{
-    self as rec, AdapterRef, AuditSection, DetectorHit, Divergence, FileRef, ModelKind, ModelOutput,
-    ModelRef, RunRecord, StageStatus, StopReason, TargetScore,
+    self as rec, Divergence, FileRef, ModelKind, ModelRef, RunRecord, StageStatus, TargetScore,
 };
 
 use super::{
-    detector_kind, empty_case_result, finish, lap, load_suites, model_kind, model_ref, probe_infos,
-    scored_target, settings, suite_ref, trace, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
+    audit_section, audit_stop_reason, base_record, candidate_files, empty_case_result, finish, keep_audited_files,
+    lap, load_candidate, load_suites, model_kind, model_output, model_ref, scored_target, stage0, stopped_by_audit,
+    trace, trace_with_tokens, vocab_size_of, Job, ScanConfig, ScanError, ScanResult, Scored, Timing,
 };
-use crate::audit::{self, AuditOptions, LockFile, ModelFiles};
+use crate::audit::LockFile;
 use crate::runtime::device::dtype_name;
 use crate::runtime::Model;
 use crate::snapshot::format::{Manifest, Snapshot, SnapshotError};
@@ -95,10 +95,7 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
     lap(&mut timing, "snapshot", t);
     let m = &snap.manifest;
 
-    let mut cand_files = ModelFiles::resolve(&cfg.candidate)?;
-    if let Some(a) = &cfg.adapter {
-        cand_files = cand_files.with_adapter(a)?;
-    }
+    let cand_files = candidate_files(cfg)?;
     let vc = vocab_size_of(&cand_files)?;
     if vc as u64 != m.model.vocab_size {
         return Err(ScanError::VocabularyMismatch(format!(
@@ -111,78 +108,20 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
 
     // Stage 0, on the candidate's files alone.
     let t = Instant::now();
-    let mut prompts: Vec<String> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for s in &suites {
-        for p in &s.suite.probes {
-            for pr in &p.prompts {
-                if seen.insert(pr.text.clone()) {
-                    prompts.push(pr.text.clone());
-                }
-            }
-        }
-    }
-    let stop_on = cfg.policy.policy.stages.audit.stop_on;
-    let opts = AuditOptions { fail_on: stop_on, full_scan: true, lock, prompts, extra_allowed: Vec::new() };
-    let audit_result = audit::stage0(&cand_files, None, &opts);
+    let audit_result = stage0(cfg, &suites, &cand_files, None, lock);
     lap(&mut timing, "audit", t);
     let mut cand_ref = ModelRef::new(&cfg.candidate, model_kind(&cand_files));
     cand_ref.revision = cand_files.revision.clone();
     let audit_note = "on the candidate's files only: the baseline is a snapshot, so no tokenizer / config / \
                       chat-template diff against its files (its vocabulary is compared with the snapshot's)";
-    let (section, audit_stage) = match &audit_result {
-        Ok(report) => {
-            let mut adapter_files = Vec::new();
-            for f in &report.files {
-                let r = FileRef { path: f.path.clone(), sha256: f.sha256.clone(), bytes: f.bytes };
-                match f.path.strip_prefix("adapter/") {
-                    Some(rest) => adapter_files.push(FileRef { path: rest.into(), ..r }),
-                    None => cand_ref.files.push(r),
-                }
-            }
-            cand_ref.root_digest = Some(report.root_digest.clone());
-            if let Some(a) = &cfg.adapter {
-                cand_ref.adapter = Some(AdapterRef {
-                    spec: a.display().to_string(),
-                    files: adapter_files,
-                    root_digest: None,
-                    base_model: None,
-                    rank: None,
-                    alpha: None,
-                    target_modules: Vec::new(),
-                });
-            }
-            (
-                AuditSection { passed: Some(report.passed), findings: report.findings.clone() },
-                StageStatus::Ran { note: Some(audit_note.to_string()) },
-            )
-        }
-        Err(e) => (AuditSection { passed: None, findings: Vec::new() }, StageStatus::error(e.to_string())),
-    };
-    let base_ref = baseline_ref(dir, m);
-    let stop_reason = match (&audit_result, &section.passed) {
-        (Err(e), _) => Some(format!("the audit could not complete ({e}); no weights were loaded")),
-        (Ok(_), Some(false)) => Some(format!(
-            "the audit found a problem at or above `{}` (policy stages.audit.stop_on); no weights were loaded",
-            stop_on.as_str()
-        )),
-        _ => None,
-    };
-    let mut record = RunRecord::new(cand_ref.clone(), base_ref.clone(), cfg.policy.policy_ref(), settings(cfg));
-    record.command = cfg.command.clone();
-    record.suites = suites.iter().map(suite_ref).collect();
-    record.probes = suites.iter().flat_map(|s| probe_infos(&s.suite)).collect();
-    if let Some(reason) = stop_reason {
-        record.stages = rec::Stages::not_run(&reason);
-        record.stages.audit = audit_stage;
-        record.audit = section;
-        return finish(cfg, record, timing, t0);
+    let (section, audit_stage) = audit_section(cfg, &audit_result, &mut cand_ref, Some(audit_note));
+    let mut record = base_record(cfg, &suites, cand_ref.clone(), baseline_ref(dir, m));
+    if let Some(reason) = audit_stop_reason(cfg, &audit_result) {
+        return finish(cfg, stopped_by_audit(record, &reason, section, audit_stage), timing, t0);
     }
 
     let t = Instant::now();
-    let candidate = Model::load(&cfg.candidate, &cfg.load_options(cfg.adapter.clone())?).map_err(|source| {
-        ScanError::Load { which: "candidate", spec: cfg.candidate.clone(), source: Box::new(source) }
-    })?;
+    let candidate = load_candidate(cfg)?;
     lap(&mut timing, "load", t);
     let vocab = vocab_sha256(&candidate).map_err(snap_err(dir))?;
     if vocab != m.model.vocab_sha256 {
@@ -195,11 +134,7 @@ pub fn run_scan_snapshot(cfg: &ScanConfig, dir: &Path) -> Result<ScanResult, Sca
         )));
     }
     let mut full = model_ref(&cfg.candidate, &candidate);
-    full.files = cand_ref.files;
-    full.root_digest = cand_ref.root_digest;
-    if let (Some(a), Some(b)) = (full.adapter.as_mut(), cand_ref.adapter) {
-        a.files = b.files;
-    }
+    keep_audited_files(&mut full, cand_ref);
     record.candidate = full;
     record.audit = section;
     record.stages = rec::Stages::not_run("not run");
@@ -326,18 +261,6 @@ fn probes(
         let base_cont = &data.prompts[k].continuation;
         let mut outputs = Vec::new();
         for (cont, eos, side) in [(&gen_c[k], &eos_c, rec::Side::Candidate), (base_cont, &eos_b, rec::Side::Baseline)] {
-            let text = decode(cont)?;
-            let hits = c
-                .detect(&text)
-                .into_iter()
-                .map(|h| DetectorHit {
-                    detector: detector_kind(h.kind).to_string(),
-                    rule: Some(h.rule),
-                    start: h.start as u32,
-                    end: h.end as u32,
-                    matched: h.matched,
-                })
-                .collect();
             let targets = c
                 .targets
                 .iter()
@@ -352,22 +275,9 @@ fn probes(
                     Some(TargetScore { target: tg.text.clone(), logprob: rec::Real(lp), tokens: tids.len() as u32 })
                 })
                 .collect();
-            let stop =
-                if cont.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
-            outputs.push(ModelOutput { text, token_ids: cont.clone(), stop, hits, targets, metrics: BTreeMap::new() });
+            outputs.push(model_output(c, decode(cont)?, cont, eos, targets));
         }
-        let mut along = trace(&along_base[k]);
-        if let Some(pt) = along.per_token.as_mut() {
-            if pt.js.len() == base_cont.len() {
-                let mut prev = String::new();
-                for i in 1..=base_cont.len() {
-                    let cur = decode(&base_cont[..i])?;
-                    let piece = cur.strip_prefix(prev.as_str()).map(str::to_string).unwrap_or_else(|| cur.clone());
-                    pt.tokens.push(piece);
-                    prev = cur;
-                }
-            }
-        }
+        let along = trace_with_tokens(&along_base[k], base_cont, &decode)?;
         cr.divergence = Some(Divergence { along_candidate: trace(&empty), along_baseline: along });
         let mut it = outputs.into_iter();
         cr.candidate = it.next();
