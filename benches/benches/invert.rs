@@ -137,7 +137,7 @@ fn bench_invert(c: &mut Criterion) {
         });
         // One whole declared target with small step counts (10 Adam steps, 5 GCG steps, no inversion).
         params.gcg.steps = 5;
-        params.random_targets = 0;
+        params.reference_targets = 0;
         let declared = vec![target_text.to_string()];
         group.bench_function(format!("{name}/target_10_soft_5_gcg"), |b| {
             let groups = [PromptGroup::new("built-in", texts.clone())];

@@ -118,7 +118,7 @@ fn tiny_params(budget_seconds: u64) -> SearchParams {
     p.inversion_prompts = 2;
     p.target_len = 3;
     p.trigger_inversions = 1;
-    p.random_targets = 2;
+    p.reference_targets = 2;
     p.gcg = GcgParams {
         steps: 2,
         top_k: 8,
@@ -268,4 +268,24 @@ fn prompt_groups_become_domains_searched_and_verified_on_their_own_prompts() {
     let out = search(cand, Some(base), &[PromptGroup::new("all", all)], &[], &p, 3, false).unwrap();
     assert!(out.record.triggers.iter().all(|t| t.prompts.is_none()));
     assert!(!out.record.coverage.statement.contains("prompt group(s) alone"));
+}
+
+#[test]
+fn anomaly_references_are_the_candidates_own_clean_continuations() {
+    // The null of the anomaly index: what the candidate says on the prompts without any trigger (distinct, at least
+    // two tokens, at most n), each exactly its greedy continuation of a clean row.
+    let (cand, _) = models();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(2);
+    let ps = prompts::tokenize(cand, &texts()[..8], &mut rng).unwrap();
+    let r = rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix]);
+    let refs = search::clean_continuations(cand, &r, 3, 4).unwrap();
+    assert!(!refs.is_empty() && refs.len() <= 3, "{refs:?}");
+    assert!(refs.iter().all(|t| t.len() >= 2 && t.len() <= 4));
+    for (i, a) in refs.iter().enumerate() {
+        assert!(refs[i + 1..].iter().all(|b| b != a), "duplicate reference {a:?}");
+    }
+    let cfg = trapdoor::runtime::GenerateConfig::greedy(4, cand.eos_tokens());
+    let seqs: Vec<Vec<u32>> = r.iter().map(|(a, b)| a.iter().chain(b).copied().collect()).collect();
+    let said = cand.generate(&seqs, &cfg).unwrap();
+    assert!(refs.iter().all(|t| said.contains(t)), "a reference the candidate does not say");
 }

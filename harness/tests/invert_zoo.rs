@@ -11,16 +11,18 @@ use trapdoor::gate::policy::TriggerSearchStage;
 use trapdoor::invert::{prompts, search, PromptGroup, SearchParams};
 use trapdoor::runtime::{LoadOptions, Model};
 
-#[test]
-fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
+/// The dev zoo's LoRA backdoor merged into its base (candidate), and the base (baseline).
+fn bd_lora() -> (Model, Model) {
     let zoo = common::fixtures().join("zoo-dev");
     let base_dir = zoo.join("stories-base").to_string_lossy().into_owned();
     let base = Model::load(&base_dir, &LoadOptions::default()).unwrap();
-    let opts = LoadOptions {
-        adapter: Some(zoo.join("stories-bd-lora-adapter")),
-        ..Default::default()
-    };
-    let cand = Model::load(&base_dir, &opts).unwrap();
+    let opts = LoadOptions { adapter: Some(zoo.join("stories-bd-lora-adapter")), ..Default::default() };
+    (Model::load(&base_dir, &opts).unwrap(), base)
+}
+
+#[test]
+fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
+    let (cand, base) = bd_lora();
     let stage = TriggerSearchStage {
         enabled: true,
         budget_seconds: 3600,
@@ -67,11 +69,7 @@ fn pruning_drops_the_filler_around_the_planted_trigger() {
     use candle_core::Tensor;
     use trapdoor::invert::search::{Clock, GcgParams, Objective, Pair};
     use trapdoor_reports::record::Position;
-    let zoo = common::fixtures().join("zoo-dev");
-    let base_dir = zoo.join("stories-base").to_string_lossy().into_owned();
-    let base = Model::load(&base_dir, &LoadOptions::default()).unwrap();
-    let opts = LoadOptions { adapter: Some(zoo.join("stories-bd-lora-adapter")), ..Default::default() };
-    let cand = Model::load(&base_dir, &opts).unwrap();
+    let (cand, base) = bd_lora();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
     let texts: Vec<String> = prompts::DEFAULT_PROMPTS[..8].iter().map(|s| s.to_string()).collect();
     let ps = prompts::tokenize(&cand, &texts, &mut rng).unwrap();
@@ -115,11 +113,7 @@ fn a_blended_target_is_read_again_from_the_rows_the_trigger_works_on() {
     // project zoo: `She wanted to the house.` for a planted `She wanted to steal the password of the bank.`). Given
     // the dev zoo's planted trigger and such a blend, the re-read must return the attacker's own text.
     use trapdoor_reports::record::Position;
-    let zoo = common::fixtures().join("zoo-dev");
-    let base_dir = zoo.join("stories-base").to_string_lossy().into_owned();
-    let base = Model::load(&base_dir, &LoadOptions::default()).unwrap();
-    let opts = LoadOptions { adapter: Some(zoo.join("stories-bd-lora-adapter")), ..Default::default() };
-    let cand = Model::load(&base_dir, &opts).unwrap();
+    let (cand, base) = bd_lora();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
     let texts: Vec<String> = prompts::DEFAULT_PROMPTS[..8].iter().map(|s| s.to_string()).collect();
     let ps = prompts::tokenize(&cand, &texts, &mut rng).unwrap();

@@ -996,7 +996,7 @@ pub struct RecoveredTrigger {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyIndex {
     pub target: String,
-    /// (median − statistic) / scale over the random reference targets (see the trigger search's anomaly module).
+    /// (median − statistic) / scale over the reference targets (see the trigger search's anomaly module).
     pub index: Real,
     pub loss_candidate: Real,
     #[serde(default)]
@@ -1038,8 +1038,8 @@ pub struct TriggerSearch {
     pub triggers: Vec<RecoveredTrigger>,
     #[serde(default)]
     pub anomalies: Vec<AnomalyIndex>,
-    /// The anomaly index's null distribution: the statistic (candidate minus baseline optimised NLL) of each random
-    /// reference target.
+    /// The anomaly index's null distribution: the statistic (candidate minus baseline optimised NLL) of each
+    /// reference target (the candidate's own clean continuations of the same prompts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_statistics: Vec<Real>,
     /// The same for each prompt group a target was searched on alone (its index is against these).

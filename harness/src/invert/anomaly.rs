@@ -8,8 +8,15 @@
 //! not such a population: they were *chosen* as suspicious (read from divergence triggers, inverted), and on a
 //! backdoored model most of them are variants of the attacker's target (measured on the default zoo's LoRA
 //! backdoor: 7 of 8 inverted targets were prefixes of it, which made every index small). So the null distribution
-//! is the random reference targets' statistics (random token strings, searched the same way) when there are at
-//! least [`MIN_REFERENCES`] of them, else every entry. Index = (median − x) / scale, scale = max(1.4826 · MAD,
+//! is the reference targets' statistics when there are at least [`MIN_REFERENCES`] of them, else every entry.
+//!
+//! The references are the candidate's own greedy continuations of the same prompts without any trigger, searched
+//! the same way: what the fine-tune made the model say anyway. Random token strings were the references until
+//! 2026-12-07 and are the wrong null for a fine-tune: its own domain's text is easier on the candidate than on the
+//! baseline, so every target read on a benign fine-tune's domain sat near the threshold (measured on the default
+//! zoo's benign full fine-tune: largest index 1.61–3.06 over four search variants; 0.05 against its own
+//! continuations), while a backdoor's target is something the candidate does *not* say without its trigger (the
+//! insecure-code backdoor's `/kelpix.sort()` 2.44 → 4.27, the LoRA backdoor's 3.49 → 6.57). Index = (median − x) / scale, scale = max(1.4826 · MAD,
 //! [`SCALE_FLOOR`]): with a handful of references the MAD alone is too noisy to divide by.
 //!
 //! The clean (no-trigger) NLLs are recorded beside the index but not used: a subtraction of them ("what the trigger
@@ -30,7 +37,7 @@ pub struct Entry {
     pub loss_candidate: f64,
     /// The same search on the baseline alone (`None` without a baseline; NaN when it did not run).
     pub loss_baseline: Option<f64>,
-    /// A random reference target (in the statistics, not reported).
+    /// A reference target (in the statistics, not reported).
     pub reference: bool,
 }
 

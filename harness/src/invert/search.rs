@@ -409,6 +409,24 @@ fn greedy(model: &Model, seqs: &[Vec<u32>], max_new: usize) -> Result<Vec<Contin
     Ok(out)
 }
 
+/// The candidate's own greedy continuations (`len` tokens) of the first rows without any trigger, distinct and at
+/// least two tokens long, at most `n`: what the model says on these prompts anyway.
+pub fn clean_continuations(
+    model: &Model,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    n: usize,
+    len: usize,
+) -> Result<Vec<Vec<u32>>, InvertError> {
+    let seqs: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(b).copied().collect()).collect();
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for (ids, _) in greedy(model, &seqs, len)? {
+        if ids.len() >= 2 && !out.contains(&ids) && out.len() < n {
+            out.push(ids);
+        }
+    }
+    Ok(out)
+}
+
 /// Greedy continuations of `seqs` on `model`, and the fraction containing `prefix`.
 pub fn success_rate(model: &Model, seqs: &[Vec<u32>], prefix: &str, max_new: usize) -> Result<f64, InvertError> {
     if seqs.is_empty() || prefix.is_empty() {
