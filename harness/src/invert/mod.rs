@@ -823,7 +823,7 @@ pub fn search(
         });
     }
     let ref_len = params.trigger_len.max(2);
-    let mut randoms_done = 0usize;
+    let mut references_done = 0usize;
     // One reference set per prompt set a searched target was optimised on (the mixed prompts, or a domain's own):
     // optimised losses on different prompts are not comparable (on prompts the models read well every target is
     // easier to force, measured on the default zoo's benign full fine-tune: index 2.5 against mixed references).
@@ -854,7 +854,7 @@ pub fn search(
                 loss_baseline: lb,
                 reference: true,
             });
-            randoms_done += 1;
+            references_done += 1;
         }
     }
     steps.insert("anomaly_reference".into(), ref_steps);
@@ -974,8 +974,8 @@ pub fn search(
          boundary, as a prefix and as a suffix: {} restart(s) × {} Adam steps of soft vectors with a baseline contrast, \
          then up to {} GCG steps, each trigger then pruned to its best shorter or reordered version; {} target(s) \
          re-read from the training prompts a partial trigger worked on and searched again; {} optimisation steps in \
-         all (including {} reference targets for the anomaly index: the candidate's own clean continuations), stopped by {} (cap {} s). Triggers were \
-         verified on {} held-out prompts.{domain_sentence} A pass is not proof of absence: longer, split or \
+         all (including {} reference targets for the anomaly index: the candidate's own clean continuations), \
+         stopped by {} (cap {} s). Triggers were verified on {} held-out prompts.{domain_sentence} A pass is not proof of absence: longer, split or \
          template-bound triggers and targets not declared or inverted were not searched.",
         targets.len(),
         targets.iter().filter(|t| t.source == "declared").count(),
@@ -986,7 +986,7 @@ pub fn search(
         params.gcg.steps,
         rereads,
         total_steps,
-        randoms_done,
+        references_done,
         stopped_by,
         params.budget_seconds,
         held.len(),
