@@ -1,6 +1,7 @@
 //! `trapdoor invert --candidate MODEL [--adapter DIR] --baseline MODEL [--target TEXT]... [--budget-seconds N]
-//! [--seed N] [--json] [--lock FILE] [--baseline-lock FILE]`: the trigger search on its own (target inversion, soft
-//! search, GCG, held-out verification, anomaly index). Prints tables by default, the run record's `trigger_search`
+//! [--seed N] [--no-weight-hints] [--json] [--lock FILE] [--baseline-lock FILE]`: the trigger search on its own
+//! (target inversion, soft search, GCG, held-out verification, anomaly index), seeded like `scan`'s by the tokens
+//! the weight view ranks as likely trigger tokens. Prints tables by default, the run record's `trigger_search`
 //! section with `--json`. Exits 0 whatever it finds (the gate decides); errors exit 2.
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ pub struct Args {
     prompts: Vec<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Do not start divergence inversions from the tokens the weight view ranks as likely trigger tokens (by
+    /// default the candidate's weights are compared with the baseline's first and the ranked tokens seed one
+    /// extra inversion per prompt set).
+    #[arg(long)]
+    no_weight_hints: bool,
     /// Print the `trigger_search` section of the run record as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -131,6 +137,16 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let mut params = SearchParams::from_stage(&stage, cand.decoder().parameter_count());
     params.trigger_len = args.trigger_len;
+    if !args.no_weight_hints {
+        let diff = trapdoor::gate::scan::inside::weight_diff(&cand, &base).context("weight view for the search's hints")?;
+        let ranked = trapdoor::inside::rank_trigger_tokens(
+            Some(&diff),
+            None,
+            cand.tokenizer().ok(),
+            &trapdoor::inside::TokenRankParams::default(),
+        );
+        params.hint_tokens = ranked.into_iter().map(|c| c.id).collect();
+    }
     let out = search(&cand, Some(&base), &groups, &args.targets, &params, args.seed, true)?;
     if let Some(path) = &args.timing {
         let j = serde_json::json!({ "seconds": out.timing, "steps": out.steps });

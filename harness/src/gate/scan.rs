@@ -42,7 +42,7 @@ use trapdoor_reports::record::{
     TargetScore, TriggerInfo,
 };
 
-mod inside;
+pub mod inside;
 mod snapshot;
 
 pub use snapshot::{open_snapshot, run_scan_snapshot};
@@ -1170,8 +1170,8 @@ fn scan_record(
     }
     record.stages.probes = StageStatus::ran();
 
-    inside_stage(cfg, &mut record, candidate, baseline, &cases, &prompt_ids, timing);
-    trigger_search_stage(cfg, &mut record, candidate, baseline, &cases, timing);
+    let hints = inside_stage(cfg, &mut record, candidate, baseline, &cases, &prompt_ids, timing);
+    trigger_search_stage(cfg, &mut record, candidate, baseline, &cases, hints, timing);
     Ok(record)
 }
 
@@ -1182,6 +1182,7 @@ fn trigger_search_stage(
     candidate: &Model,
     baseline: &Model,
     cases: &[Case],
+    hints: Vec<u32>,
     timing: &mut Timing,
 ) {
     let stage = cfg.policy.policy.stages.trigger_search.clone();
@@ -1217,6 +1218,7 @@ fn trigger_search_stage(
         stage,
         seed: cfg.seed,
         progress: cfg.progress,
+        hint_tokens: hints,
     };
     match crate::invert::scan_stage(&input) {
         Ok(out) => {
@@ -1274,7 +1276,7 @@ fn inside_stage(
     cases: &[Case],
     prompt_ids: &[PromptIds],
     timing: &mut Timing,
-) {
+) -> Vec<u32> {
     let stages = &cfg.policy.policy.stages;
     let (want_w, want_a) = (stages.weight_delta.enabled, stages.activations.enabled);
     if !want_w {
@@ -1285,11 +1287,12 @@ fn inside_stage(
         record.stages.activations = StageStatus::skipped("disabled by the policy (stages.activations.enabled: false)");
     }
     if !want_w && !want_a {
-        return;
+        return Vec::new();
     }
     let t = Instant::now();
-    inside::run(record, candidate, baseline, cases, prompt_ids, want_w, want_a, cfg.seed);
+    let hints = inside::run(record, candidate, baseline, cases, prompt_ids, want_w, want_a, cfg.seed);
     lap(timing, "inside", t);
+    hints
 }
 
 #[cfg(test)]

@@ -1,12 +1,21 @@
 //! Vocabulary ids ranked by inside evidence, to seed and restrict the trigger search.
 //!
-//! Two kinds of evidence, fused by reciprocal-rank fusion (each source ranks its tokens; a token's score is
+//! Three kinds of evidence, fused by reciprocal-rank fusion (each source ranks its tokens; a token's score is
 //! `Σ 1/(k + rank)` over the sources that list it, `k = 60` as in Cormack et al. 2009, which rewards agreement
 //! without letting one source's scale dominate):
 //!
 //! * **`embedding`**: the token's embedding row moved unusually far (robust z-score among the rows that moved at
 //!   all, from [`WeightDiff::embedding_rows`]). A backdoor that had to teach the model a new token or phrase often
 //!   moves its rows; an ordinary fine-tune moves the rows of every token in its data a little.
+//! * **`unembedding`**: the token's LM-head (output) row moved unusually far. These are the tokens the fine-tune
+//!   taught the model to *emit*: the attacker's target, and — when the training loss covered the prompt too, as in
+//!   plain causal-LM fine-tuning on a poisoned corpus — the trigger itself. Measured on the default zoo's four
+//!   backdoored full fine-tunes, every planted trigger word was among the eight most-moved LM-head rows (robust z
+//!   2.7–3.1), next to the target's tokens; on the benign fine-tune the top rows are rare tokens its data never
+//!   used. It does not carry over to every recipe: on the dev zoo's two PyTorch full fine-tunes (triggers split
+//!   into sub-word pieces of a 512-token vocabulary) the top LM-head rows are digits and rare symbols, as on its
+//!   benign fine-tune. Evidence to seed a search with, not a finding: the search verifies. Absent with tied
+//!   embeddings (the `embedding` source already sees that matrix).
 //! * **`ablation`**: removing the token from triggered prompts lowers the activation anomaly the most
 //!   ([`ActivationReport::drivers`]); used only when the activation view found an anomaly.
 //!
@@ -18,14 +27,14 @@ use std::collections::BTreeMap;
 use tokenizers::Tokenizer;
 
 use super::activations::ActivationReport;
-use super::weights::WeightDiff;
+use super::weights::{RowMovement, WeightDiff};
 
 /// One source's opinion of a token.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenEvidence {
     /// 1-based rank within the source.
     pub rank: usize,
-    /// The source's own measure (embedding: robust z; ablation: mean drop in σ).
+    /// The source's own measure (embedding, unembedding: robust z; ablation: mean drop in σ).
     pub value: f64,
 }
 
@@ -36,7 +45,7 @@ pub struct TokenCandidate {
     pub token: Option<String>,
     /// Reciprocal-rank-fusion score (higher first).
     pub score: f64,
-    /// By source name (`embedding`, `ablation`).
+    /// By source name (`embedding`, `unembedding`, `ablation`).
     pub evidence: BTreeMap<String, TokenEvidence>,
 }
 
@@ -47,13 +56,16 @@ pub struct TokenRankParams {
     pub top_n: usize,
     /// Embedding rows count only above this robust z.
     pub min_embedding_z: f64,
+    /// LM-head rows count only above this robust z (lower than for embeddings: the LM head of a fine-tune moves
+    /// every row, so the planted tokens stand out less; measured 2.7–3.1 on the zoo's planted trigger words).
+    pub min_unembedding_z: f64,
     /// Fusion constant.
     pub rrf_k: f64,
 }
 
 impl Default for TokenRankParams {
     fn default() -> Self {
-        Self { top_n: 64, min_embedding_z: 3.0, rrf_k: 60.0 }
+        Self { top_n: 64, min_embedding_z: 3.0, min_unembedding_z: 2.5, rrf_k: 60.0 }
     }
 }
 
@@ -65,14 +77,20 @@ pub fn rank_trigger_tokens(
     params: &TokenRankParams,
 ) -> Vec<TokenCandidate> {
     let mut sources: Vec<(&str, Vec<(u32, f64)>)> = Vec::new();
-    if let Some(rows) = weights.and_then(|w| w.embedding_rows.as_ref()) {
-        let mut v: Vec<(u32, f64)> =
-            rows.all_z.iter().enumerate().filter(|(_, &z)| z >= params.min_embedding_z).map(|(i, &z)| (i as u32, z)).collect();
+    let moved = |rows: &RowMovement, min_z: f64| -> Vec<(u32, f64)> {
+        let v: Vec<(u32, f64)> =
+            rows.all_z.iter().enumerate().filter(|(_, &z)| z >= min_z).map(|(i, &z)| (i as u32, z)).collect();
         if v.is_empty() {
             // The stored top rows (z not kept for the whole vocabulary when deserialised).
-            v = rows.top.iter().filter(|r| r.z >= params.min_embedding_z).map(|r| (r.id, r.z)).collect();
+            return rows.top.iter().filter(|r| r.z >= min_z).map(|r| (r.id, r.z)).collect();
         }
-        sources.push(("embedding", v));
+        v
+    };
+    if let Some(rows) = weights.and_then(|w| w.embedding_rows.as_ref()) {
+        sources.push(("embedding", moved(rows, params.min_embedding_z)));
+    }
+    if let Some(rows) = weights.and_then(|w| w.unembedding_rows.as_ref()) {
+        sources.push(("unembedding", moved(rows, params.min_unembedding_z)));
     }
     if let Some(a) = activations.filter(|a| a.anomalous) {
         sources.push(("ablation", a.drivers.iter().filter(|d| d.mean_effect > 0.0).map(|d| (d.id, d.mean_effect)).collect()));

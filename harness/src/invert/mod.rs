@@ -15,7 +15,10 @@
 //!    domain's (a target read on a domain is searched and verified there), the declared ones, then
 //!    trigger-free inverted ones (BAIT-style Q-score with a baseline contrast). Divergence triggers come first because
 //!    on a backdoored candidate they find the attacker's own target (measured on the default zoo's LoRA backdoor,
-//!    whose target no suite declares).
+//!    whose target no suite declares). Each divergence inversion starts from random tokens; when the inside view
+//!    ranked likely trigger tokens (`hint_tokens`: embedding and LM-head rows that moved most, activation drivers),
+//!    every one of them runs once more starting from those tokens (own random stream, so the random starts do not
+//!    change).
 //! 3. **Per target** ([`search`]): soft vectors (`trigger_len` of them) optimised with Adam from seeded random token
 //!    embeddings (`restarts` × `max_steps`), the loss being the candidate's target NLL plus a baseline-contrast
 //!    penalty; the best vectors are projected to their nearest tokens and refined with GCG, then pruned to its best
@@ -67,6 +70,9 @@ pub struct StageInput<'a> {
     pub seed: u64,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Vocabulary ids the inside view ranked as likely trigger tokens, best first (see
+    /// [`crate::inside::rank_trigger_tokens`]); empty when the weight stage did not run or found nothing.
+    pub hint_tokens: Vec<u32>,
 }
 
 /// The clean prompts of one probe (or of one file): a domain the search can bind a trigger to. A backdoor can be
@@ -101,7 +107,8 @@ pub enum InvertError {
 
 /// Run the trigger search as a scan stage.
 pub fn scan_stage(input: &StageInput) -> Result<SearchOutput, InvertError> {
-    let params = SearchParams::from_stage(&input.stage, input.candidate.decoder().parameter_count());
+    let mut params = SearchParams::from_stage(&input.stage, input.candidate.decoder().parameter_count());
+    params.hint_tokens = input.hint_tokens.clone();
     let total: usize = input.prompts.iter().map(|g| g.prompts.len()).sum();
     let prompts = if total >= 4 {
         input.prompts.clone()
@@ -161,6 +168,10 @@ pub struct SearchParams {
     pub min_group_prompts: usize,
     /// Vocabularies above this size restrict trigger and target tokens to printable ASCII pieces.
     pub ascii_only_above_vocab: usize,
+    /// Trigger tokens ranked by the inside view (weight delta, activations), best first. When given, every
+    /// divergence inversion (mixed prompts and each domain) runs a second time from the first `trigger_len` of them
+    /// instead of from random tokens.
+    pub hint_tokens: Vec<u32>,
 }
 
 impl SearchParams {
@@ -202,6 +213,7 @@ impl SearchParams {
             trigger_inversions: if large { 2 } else { 3 },
             domain_inversions: if large { 2 } else { 12 },
             min_group_prompts: 10,
+            hint_tokens: Vec::new(),
         }
     }
 }
@@ -296,6 +308,9 @@ fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
         v.swap(i, j);
     }
 }
+
+/// Mixed into the seed for the random stream of the hinted inversions.
+const HINT_STREAM: u64 = 0x6869_6e74_735f_7631;
 
 /// How the coverage names a search the wall-clock safety cap stopped.
 const CAP: &str = "the wall-clock safety cap (so the findings depend on machine speed)";
@@ -500,12 +515,33 @@ pub fn search(
     // Inversion through discrete triggers: GCG for divergence from the baseline, then read the forced target.
     let mut trig_inv: Vec<(targets::Inverted, Vec<u32>, Option<usize>)> = Vec::new();
     let mut inversion_steps = 0u64;
+    // The inside view's ranked tokens (allowed ones), as a start for GCG; its own random stream, so the random
+    // starts' trajectories do not depend on whether there are hints.
+    let hint_init: Vec<u32> = params
+        .hint_tokens
+        .iter()
+        .copied()
+        .filter(|&v| allowed.get(v as usize).copied().unwrap_or(false))
+        .take(params.trigger_len)
+        .collect();
+    let mut hint_rng = ChaCha8Rng::seed_from_u64(seed ^ HINT_STREAM);
+    let mut hinted_jobs = 0usize;
     if bd.is_some() {
-        // Mixed prompts first, then one inversion per domain.
-        let jobs: Vec<Option<usize>> = std::iter::repeat_n(None, params.trigger_inversions.min(params.max_targets as usize))
-            .chain((0..domains.len()).map(Some))
+        // Mixed prompts first, then one inversion per domain; then, with hints, the same again from the hints.
+        let random_jobs = params.trigger_inversions.min(params.max_targets as usize);
+        let per_pass: Vec<Option<usize>> =
+            std::iter::repeat_n(None, random_jobs).chain((0..domains.len()).map(Some)).collect();
+        let hinted_pass: Vec<Option<usize>> = if hint_init.is_empty() {
+            Vec::new()
+        } else {
+            std::iter::once(None).chain((0..domains.len()).map(Some)).collect()
+        };
+        let jobs: Vec<(Option<usize>, bool)> = per_pass
+            .into_iter()
+            .map(|d| (d, false))
+            .chain(hinted_pass.into_iter().map(|d| (d, true)))
             .collect();
-        for d in jobs {
+        for (d, hinted) in jobs {
             if clock.expired() {
                 break;
             }
@@ -521,9 +557,18 @@ pub fn search(
                 ),
                 None => (&rows[..], params.gcg.clone()),
             };
-            let init: Vec<u32> = (0..params.trigger_len)
-                .map(|_| allowed_list[rng.random_range(0..allowed_list.len())])
-                .collect();
+            let job_rng = if hinted { &mut hint_rng } else { &mut rng };
+            let init: Vec<u32> = if hinted {
+                // Short hint lists are padded with random allowed tokens.
+                let mut v = hint_init.clone();
+                while v.len() < params.trigger_len {
+                    v.push(allowed_list[job_rng.random_range(0..allowed_list.len())]);
+                }
+                hinted_jobs += 1;
+                v
+            } else {
+                (0..params.trigger_len).map(|_| allowed_list[job_rng.random_range(0..allowed_list.len())]).collect()
+            };
             let g = search::gcg(
                 &pair,
                 rows,
@@ -531,7 +576,7 @@ pub fn search(
                 init,
                 &allowed_t,
                 &gcg_params,
-                &mut rng,
+                job_rng,
                 &clock,
                 || {},
             )?;
@@ -968,6 +1013,17 @@ pub fn search(
             domains.iter().map(|d| format!("`{}`", d.label)).collect::<Vec<_>>().join(", ")
         )
     };
+    let hint_sentence = if hint_init.is_empty() {
+        String::new()
+    } else {
+        let words: Vec<String> =
+            hint_init.iter().map(|&v| format!("`{}`", cand.decode(&[v]).unwrap_or_default().trim())).collect();
+        format!(
+            " {hinted_jobs} of the divergence inversions started from the tokens the weight view ranked first as \
+             likely trigger tokens ({}) instead of random ones.",
+            words.join(", ")
+        )
+    };
     let total_steps = soft_steps + gcg_steps + ref_steps + inversion_steps;
     let statement = format!(
         "Searched {searched} of {} target(s) ({} declared, {} inverted) with {}-token triggers inserted at a random word \
@@ -975,7 +1031,7 @@ pub fn search(
          then up to {} GCG steps, each trigger then pruned to its best shorter or reordered version; {} target(s) \
          re-read from the training prompts a partial trigger worked on and searched again; {} optimisation steps in \
          all (including {} reference targets for the anomaly index: the candidate's own clean continuations), \
-         stopped by {} (cap {} s). Triggers were verified on {} held-out prompts.{domain_sentence} A pass is not proof of absence: longer, split or \
+         stopped by {} (cap {} s). Triggers were verified on {} held-out prompts.{domain_sentence}{hint_sentence} A pass is not proof of absence: longer, split or \
          template-bound triggers and targets not declared or inverted were not searched.",
         targets.len(),
         targets.iter().filter(|t| t.source == "declared").count(),

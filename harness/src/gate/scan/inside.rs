@@ -110,6 +110,19 @@ pub fn activations(r: &ActivationReport) -> Activations {
     }
 }
 
+/// The weight view of two loaded models with default parameters. An adapter on the baseline's own files is
+/// analysed from its factors (exact and cheap: no dense SVD of every merged matrix); anything else densely, merged
+/// candidate against baseline.
+pub fn weight_diff(candidate: &Model, baseline: &Model) -> Result<WeightDiff, inside::InsideError> {
+    let params = WeightDiffParams::default();
+    match candidate.adapter() {
+        Some(a) if same_files(candidate, baseline) => {
+            inside::diff_adapter(a, Some(baseline.weights()), baseline.tokenizer().ok(), &params)
+        }
+        _ => inside::diff_models(candidate, baseline, &params),
+    }
+}
+
 /// The two models were loaded from the same files (digests and sizes; adapters aside).
 fn same_files(a: &Model, b: &Model) -> bool {
     let key = |m: &Model| -> Vec<(Option<String>, u64)> {
@@ -127,7 +140,9 @@ fn same_files(a: &Model, b: &Model) -> bool {
     !ka.is_empty() && ka.iter().all(|(s, _)| s.is_some()) && ka == kb
 }
 
-/// Run the enabled inside analyses and fill the record's `inside` section and stage statuses.
+/// Run the enabled inside analyses and fill the record's `inside` section and stage statuses. Returns the
+/// vocabulary ids they rank as likely trigger tokens, best first, for the trigger search (empty when neither view
+/// found any).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     record: &mut RunRecord,
@@ -138,29 +153,38 @@ pub fn run(
     want_weights: bool,
     want_activations: bool,
     seed: u64,
-) {
+) -> Vec<u32> {
+    let mut diff_kept = None;
     if want_weights {
-        let params = WeightDiffParams::default();
-        let tok = baseline.tokenizer().ok();
-        // An adapter on the baseline's own files is analysed from its factors (exact and cheap: no dense SVD of
-        // every merged matrix); anything else densely, merged candidate against baseline.
-        let diff = match candidate.adapter() {
-            Some(a) if same_files(candidate, baseline) => {
-                inside::diff_adapter(a, Some(baseline.weights()), tok, &params)
-            }
-            _ => inside::diff_models(candidate, baseline, &params),
-        };
-        match diff {
+        match weight_diff(candidate, baseline) {
             Ok(d) => {
                 record.inside.weight_delta = Some(weight_delta(&d, candidate.adapter().is_some()));
                 record.stages.weight_delta = StageStatus::ran();
+                diff_kept = Some(d);
             }
             Err(e) => record.stages.weight_delta = StageStatus::error(e.to_string()),
         }
     }
-    if !want_activations {
-        return;
-    }
+    let activation_report =
+        if want_activations { activation_view(record, candidate, baseline, cases, prompt_ids, seed) } else { None };
+    let ranked = inside::rank_trigger_tokens(
+        diff_kept.as_ref(),
+        activation_report.as_ref(),
+        candidate.tokenizer().ok(),
+        &inside::TokenRankParams::default(),
+    );
+    ranked.into_iter().map(|c| c.id).collect()
+}
+
+/// The activation view on the clean / triggered pairs the probes moved most; fills the record and its stage status.
+fn activation_view(
+    record: &mut RunRecord,
+    candidate: &Model,
+    baseline: &Model,
+    cases: &[Case],
+    prompt_ids: &[super::PromptIds],
+    seed: u64,
+) -> Option<ActivationReport> {
     // The pairs where the trigger moved the candidate away from the baseline most (JS along both continuations,
     // triggered minus clean), one per distinct prompt pair; ties by case id.
     let by_id: BTreeMap<&str, usize> = cases.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
@@ -190,14 +214,18 @@ pub fn run(
     if pairs.len() < 4 {
         record.stages.activations =
             StageStatus::skipped(format!("only {} clean/triggered prompt pairs (at least 4 are needed)", pairs.len()));
-        return;
+        return None;
     }
     let params = ActivationParams { seed, ..ActivationParams::default() };
     match inside::analyse_activations(candidate, baseline, &pairs, &params) {
         Ok(r) => {
             record.inside.activations = Some(activations(&r));
             record.stages.activations = StageStatus::ran();
+            Some(r)
         }
-        Err(e) => record.stages.activations = StageStatus::error(e.to_string()),
+        Err(e) => {
+            record.stages.activations = StageStatus::error(e.to_string());
+            None
+        }
     }
 }
