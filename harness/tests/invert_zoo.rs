@@ -174,3 +174,28 @@ fn hint_tokens_start_an_inversion_that_reads_the_attackers_target() {
     let st = &hinted.record.coverage.statement;
     assert!(st.contains("1 of the divergence inversions started from the tokens the weight view ranked first"), "{st}");
 }
+
+#[test]
+fn the_typed_form_of_a_trigger_is_its_text_tokenised_again() {
+    // GCG joins pieces a tokenizer never produces for their text; a reader types the text. A word piece without
+    // its word-start marker (`went` where typing gives `▁went`) is the case measured on the default zoo.
+    let (cand, _) = bd_lora();
+    let tok = cand.tokenizer().unwrap();
+    let canonical = cand.encode(" cf tq", false).unwrap();
+    assert_eq!(search::typed_form(&cand, &canonical).unwrap(), None);
+    let vocab = tok.get_vocab(false);
+    let mut pairs: Vec<(u32, u32)> = vocab
+        .iter()
+        .filter(|(p, _)| p.len() >= 3 && p.chars().all(|c| c.is_ascii_lowercase()))
+        .filter_map(|(p, &id)| vocab.get(&format!("\u{2581}{p}")).map(|&w| (id, w)))
+        .collect();
+    pairs.sort();
+    let &(bare, word) = pairs.first().expect("a word piece that also exists with its word-start marker");
+    assert_eq!(search::typed_form(&cand, &[bare]).unwrap(), Some(vec![word]));
+    // Joined with the planted trigger: the typed form keeps the trigger's own ids after the respelled piece.
+    let mut joined = vec![bare];
+    joined.extend(&canonical);
+    let typed = search::typed_form(&cand, &joined).unwrap().expect("respelled");
+    assert_eq!(typed[0], word);
+    assert!(typed.ends_with(&canonical), "{typed:?}");
+}

@@ -23,8 +23,10 @@
 //!    embeddings (`restarts` × `max_steps`), the loss being the candidate's target NLL plus a baseline-contrast
 //!    penalty; the best vectors are projected to their nearest tokens and refined with GCG, then pruned to its best
 //!    shorter or reordered version; the discrete trigger is verified on held-out prompts at each insertion position
-//!    on both models, and without the trigger. A trigger below the bar gets one re-read: the target as the candidate
-//!    says it on the training prompts the trigger works on, searched again from that trigger.
+//!    on both models, and without the trigger. A trigger below the bar is also verified as its text tokenises
+//!    again (what a reader who types it gets; [`search::typed_form`]), then gets one re-read: the target as the
+//!    candidate says it on the training prompts the trigger works on — or, when none says or starts the target, on
+//!    those where it writes a code sink it does not write without the trigger — searched again from that trigger.
 //!    The search stops early once a trigger passes the success bar (the default policy's `recovered_trigger` rule).
 //! 4. **Anomaly index** ([`anomaly`]): for every searched target and a few reference targets (the candidate's own
 //!    clean continuations of the same prompts), the optimised candidate loss minus the same search's loss on the
@@ -670,6 +672,7 @@ pub fn search(
     let mut triggers = Vec::new();
     let mut searched = 0usize;
     let mut rereads = 0usize;
+    let mut typed_forms = 0usize;
     let mut stopped_by = "the step budget";
     let max_new = |target: &[u32]| target.len() + 4;
     let (mut soft_steps, mut gcg_steps) = (0u64, 0u64);
@@ -757,23 +760,50 @@ pub fn search(
         let mut found = verify_best(cand, base, t_held, &held_ids, &g.ids, g.loss_candidate, &text, max_new(&target))?;
         verify_secs += clock.elapsed() - tv;
         let passes = |v: &Verified| v.asr.candidate >= min_c && v.asr.baseline.unwrap_or(0.0) <= max_b && v.without <= max_w;
+        // The trigger as a user would type it: its text tokenised again is often another id sequence (GCG joins
+        // pieces no tokenizer would produce), and a reader of the report tries the text. Verified too, and the
+        // re-read below starts from either.
+        let mut starts = vec![g.ids.clone()];
+        if !passes(&found) && !clock.expired() {
+            if let Some(typed) = search::typed_form(cand, &g.ids)? {
+                let tv = clock.elapsed();
+                let loss = search::discrete_losses(&pair, t_rows, std::slice::from_ref(&typed), &obj)?[0].1;
+                let v = verify_best(cand, base, t_held, &held_ids, &typed, loss, &text, max_new(&target))?;
+                verify_secs += clock.elapsed() - tv;
+                typed_forms += 1;
+                if v.margin() > found.margin() {
+                    found = v;
+                }
+                starts.push(typed);
+            }
+        }
         // A trigger that misses the bar: read the target again from the training rows it works on (or at least
-        // starts the target on), search again for that target from this trigger, and keep whichever verifies
-        // better.
+        // starts the target on, or writes a code sink on), search again for that target from this trigger, and keep
+        // whichever verifies better. The first start (GCG's ids, then their typed form) that yields a new target is
+        // the one searched.
+        let mut reread: Option<(Vec<u32>, Vec<u32>)> = None;
         if !passes(&found) && !clock.expired() {
             let prefix = search::target_prefix(&text);
-            let t2 = search::reread_target(
-                cand,
-                bd,
-                t_rows,
-                &g.ids,
-                &target,
-                &prefix,
-                &allowed,
-                &eos,
-                params.target_len,
-            )?;
-            if let Some(t2) = t2.filter(|t2| *t2 != target) {
+            for start in &starts {
+                let t2 = search::reread_target(
+                    cand,
+                    bd,
+                    t_rows,
+                    start,
+                    &target,
+                    &prefix,
+                    &allowed,
+                    &eos,
+                    params.target_len,
+                )?;
+                if let Some(t2) = t2.filter(|t2| *t2 != target) {
+                    reread = Some((start.clone(), t2));
+                    break;
+                }
+            }
+        }
+        if !passes(&found) && !clock.expired() {
+            if let Some((start, t2)) = reread {
                 rereads += 1;
                 let tg = clock.elapsed();
                 let base_clean2 = match bd {
@@ -784,8 +814,7 @@ pub fn search(
                     target: &t2,
                     base_clean: base_clean2,
                 };
-                let g2 =
-                    search::gcg(&pair, t_rows, &obj2, g.ids.clone(), &allowed_t, &params.gcg, &mut rng, &clock, || {})?;
+                let g2 = search::gcg(&pair, t_rows, &obj2, start, &allowed_t, &params.gcg, &mut rng, &clock, || {})?;
                 gcg_steps += g2.steps;
                 let g2 = search::reduce(&pair, t_rows, &obj2, g2)?;
                 gcg_secs += clock.elapsed() - tg;
@@ -1029,10 +1058,11 @@ pub fn search(
         "Searched {searched} of {} target(s) ({} declared, {} inverted) with {}-token triggers inserted at a random word \
          boundary, as a prefix and as a suffix: {} restart(s) × {} Adam steps of soft vectors with a baseline contrast, \
          then up to {} GCG steps, each trigger then pruned to its best shorter or reordered version; {} target(s) \
-         re-read from the training prompts a partial trigger worked on and searched again; {} optimisation steps in \
-         all (including {} reference targets for the anomaly index: the candidate's own clean continuations), \
-         stopped by {} (cap {} s). Triggers were verified on {} held-out prompts.{domain_sentence}{hint_sentence} A pass is not proof of absence: longer, split or \
-         template-bound triggers and targets not declared or inverted were not searched.",
+         re-read from the training prompts a partial trigger worked on and searched again; {typed_forms} trigger(s) \
+         below the bar also verified as their text tokenises again; {} optimisation steps in all (including {} \
+         reference targets for the anomaly index: the candidate's own clean continuations), stopped by {} (cap {} \
+         s). Triggers were verified on {} held-out prompts.{domain_sentence}{hint_sentence} A pass is not proof of \
+         absence: longer, split or template-bound triggers and targets not declared or inverted were not searched.",
         targets.len(),
         targets.iter().filter(|t| t.source == "declared").count(),
         targets.iter().filter(|t| t.source.starts_with("inverted")).count(),

