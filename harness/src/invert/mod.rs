@@ -1047,11 +1047,19 @@ pub fn search(
     } else {
         let words: Vec<String> =
             hint_init.iter().map(|&v| format!("`{}`", cand.decode(&[v]).unwrap_or_default().trim())).collect();
-        format!(
-            " {hinted_jobs} of the divergence inversions started from the tokens the weight view ranked first as \
-             likely trigger tokens ({}) instead of random ones.",
-            words.join(", ")
-        )
+        if hinted_jobs == 0 {
+            format!(
+                " The tokens the weight view ranked first as likely trigger tokens ({}) were to start one more \
+                 divergence inversion per prompt set; the search stopped before any did.",
+                words.join(", ")
+            )
+        } else {
+            format!(
+                " {hinted_jobs} of the divergence inversions started from the tokens the weight view ranked first \
+                 as likely trigger tokens ({}) instead of random ones.",
+                words.join(", ")
+            )
+        }
     };
     let total_steps = soft_steps + gcg_steps + ref_steps + inversion_steps;
     let statement = format!(
